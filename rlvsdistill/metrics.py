@@ -1,0 +1,274 @@
+"""Accuracy and capability measures from n graded samples per problem: small pure functions, then ``summarize``.
+
+Input is one record per sample (problem id, verdict, answer key, response, optional level/subject/tokens);
+``summarize`` groups them by problem and returns a JSON-ready dict with accuracy, pass@k, maj@n, answer entropy,
+difficulty bins, lengths, reflection keywords and per-level / per-subject breakdowns.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+# The reflection keywords counted by the authors' released analysis script (check_cognitive.py in
+# minwukim/VRL): case-sensitive substrings, as there. The paper's Table 5 lists 30 keywords; that table was
+# not available to us, so this default is the authors' code's list. Pass ``keywords=`` to count your own.
+REFLECTION_KEYWORDS: tuple[str, ...] = (
+    "rethink",
+    "recheck",
+    "re-evaluate",
+    "try again",
+    "check again",
+    "Hmm",
+    "verify",
+    "Wait",
+)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k estimate for one problem with c correct of n samples: 1 - C(n-c, k) / C(n, k).
+
+    Chen et al. 2021 (arXiv 2107.03374), computed as a running product for numerical stability.
+    At k = n this is the paper's capability indicator 1[c > 0].
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"correct count {c} outside 0..{n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass@{k} needs 1 <= k <= n = {n}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def default_ks(n: int) -> list[int]:
+    """k = 1, 2, 4, ... up to n, with n itself always included."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def majority_correct(keys: Sequence[str | None], correct: Sequence[bool]) -> bool:
+    """maj@n for one problem: is the most frequent final answer correct?
+
+    Equivalent answers are grouped: every correct answer is equal to the gold, so all correct samples form one
+    group; wrong answers group by their canonical key. Samples without an answer do not vote. Ties go to the
+    group whose first sample came earliest.
+    """
+    groups: dict[str, list[int]] = {}  # group -> [count, first index]
+    for i, (key, ok) in enumerate(zip(keys, correct)):
+        if ok:
+            group = "\0correct"
+        elif key is None:
+            continue
+        else:
+            group = key
+        if group not in groups:
+            groups[group] = [0, i]
+        groups[group][0] += 1
+    if not groups:
+        return False
+    best = min(groups, key=lambda g: (-groups[g][0], groups[g][1]))
+    return best == "\0correct"
+
+
+def answer_entropy(keys: Sequence[str | None], correct: Sequence[bool]) -> float:
+    """Entropy (nats) of the final-answer distribution of one problem (paper appendix A.4).
+
+    Answers are grouped as in ``majority_correct``; samples without an answer form one more group.
+    """
+    counts = Counter("\0correct" if ok else ("\0none" if key is None else key) for key, ok in zip(keys, correct))
+    total = sum(counts.values())
+    return -sum((c / total) * math.log(c / total) for c in counts.values()) if total else 0.0
+
+
+Bin = tuple[int, int]  # inclusive correct-count range
+
+
+def difficulty_bins(n: int) -> list[Bin]:
+    """Bins of the correct count c out of n samples.
+
+    For n = 256 these are the paper's [0], [1-4], [5-16], [17-64], [65-128], [129-256]. For other n the same
+    rule: upper edges at ceil(n/64), ceil(n/16), ceil(n/4), ceil(n/2) and n, empty bins dropped.
+    """
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    edges = sorted({math.ceil(n * f) for f in (1 / 64, 1 / 16, 1 / 4, 1 / 2)} | {n})
+    bins, lo = [(0, 0)], 1
+    for hi in edges:
+        if hi >= lo:
+            bins.append((lo, hi))
+            lo = hi + 1
+    return bins
+
+
+def validate_bins(bins: Sequence[Bin], n: int) -> list[Bin]:
+    """Check custom bins cover 0..n without gaps or overlaps; returns them as tuples."""
+    bins = [tuple(b) for b in bins]
+    expected = 0
+    for lo, hi in bins:
+        if lo != expected or hi < lo:
+            raise ValueError(f"bins must cover 0..{n} in order without gaps: got {bins}")
+        expected = hi + 1
+    if expected != n + 1:
+        raise ValueError(f"bins must end at n = {n}: got {bins}")
+    return bins
+
+
+def bin_label(b: Bin) -> str:
+    return str(b[0]) if b[0] == b[1] else f"{b[0]}-{b[1]}"
+
+
+def bin_index(c: int, bins: Sequence[Bin]) -> int:
+    for i, (lo, hi) in enumerate(bins):
+        if lo <= c <= hi:
+            return i
+    raise ValueError(f"correct count {c} falls in no bin of {bins}")
+
+
+def transition_matrix(
+    base_counts: Mapping[str, int], other_counts: Mapping[str, int], bins: Sequence[Bin]
+) -> list[list[int]]:
+    """Problems moving between difficulty bins: cell [i][j] counts problems in base bin i and other bin j.
+
+    Only problems present in both mappings count.
+    """
+    matrix = [[0] * len(bins) for _ in bins]
+    for pid, c in base_counts.items():
+        if pid in other_counts:
+            matrix[bin_index(c, bins)][bin_index(other_counts[pid], bins)] += 1
+    return matrix
+
+
+def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict[str, int]:
+    """Occurrences of each keyword (case-sensitive substring) in one response."""
+    return {kw: len(re.findall(re.escape(kw), text)) for kw in keywords}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One graded sample, as ``summarize`` needs it."""
+
+    problem_id: str
+    correct: bool
+    status: str
+    key: str | None = None
+    source: str | None = None
+    response: str = ""
+    num_tokens: int | None = None
+    level: str | None = None
+    subject: str | None = None
+
+
+def _mean(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def _capability_block(groups: Mapping[str, list[Sample]], ks: Sequence[int]) -> dict:
+    """accuracy and pass@k over problems (each with its own n)."""
+    out: dict = {"problems": len(groups)}
+    if not groups:
+        return out
+    ns = {len(s) for s in groups.values()}
+    n = min(ns)
+    out["samples_per_problem"] = n if len(ns) == 1 else {"min": n, "max": max(ns)}
+    out["accuracy"] = _mean(sum(x.correct for x in s) / len(s) for s in groups.values())
+    for k in ks:
+        if k <= n:
+            out[f"pass@k:k={k}&n={n}"] = _mean(pass_at_k(len(s), sum(x.correct for x in s), k) for s in groups.values())
+    return out
+
+
+def summarize(
+    samples: Sequence[Sample],
+    ks: Sequence[int] | None = None,
+    bins: Sequence[Bin] | None = None,
+    keywords: Sequence[str] = REFLECTION_KEYWORDS,
+    length_of: Callable[[Sample], int] | None = None,
+) -> dict:
+    """All metrics for a set of graded samples (see the module docstring); JSON-ready.
+
+    ``ks`` defaults to 1, 2, 4, ... n; pass@k with k > n raises. ``length_of`` defaults to the token count
+    when every sample has one, else the character count.
+    """
+    groups: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        groups[s.problem_id].append(s)
+    if not groups:
+        raise ValueError("no samples to summarize")
+    n = min(len(g) for g in groups.values())
+    ks = list(ks) if ks else default_ks(n)
+    too_big = [k for k in ks if k > n]
+    if too_big:
+        raise ValueError(f"pass@k with k = {too_big} needs at least that many samples per problem; n = {n}")
+    bins = validate_bins(bins, n) if bins else difficulty_bins(n)
+    if length_of is None:
+        unit = "tokens" if all(s.num_tokens is not None for s in samples) else "chars"
+        length_of = (lambda s: s.num_tokens) if unit == "tokens" else (lambda s: len(s.response))
+    else:
+        unit = "custom"
+
+    correct_counts = {pid: sum(x.correct for x in g) for pid, g in groups.items()}
+    statuses = Counter(s.status for s in samples)
+    sources = Counter(s.source or "none" for s in samples)
+    correct_by_source = Counter(s.source for s in samples if s.correct)
+
+    summary = _capability_block(groups, ks)
+    summary[f"maj@n:n={n}"] = _mean(
+        majority_correct([x.key for x in g], [x.correct for x in g]) for g in groups.values()
+    )
+    summary["accuracy_box_only"] = _mean(sum(x.correct and x.source == "box" for x in g) / len(g) for g in groups.values())
+    summary["verdicts"] = {k: statuses.get(k, 0) for k in ("correct", "wrong", "no_answer", "parse_error", "timeout")}
+    summary["answer_source"] = dict(sorted(sources.items()))
+    summary["correct_by_source"] = dict(sorted(correct_by_source.items()))
+    summary["answer_entropy_mean_nats"] = _mean(
+        answer_entropy([x.key for x in g], [x.correct for x in g]) for g in groups.values()
+    )
+
+    bin_rows = []
+    for b in bins:
+        members = [pid for pid, c in correct_counts.items() if b[0] <= c <= b[1]]
+        in_bin = [s for pid in members for s in groups[pid]]
+        bin_rows.append(
+            {
+                "bin": bin_label(b),
+                "problems": len(members),
+                "mean_length_correct": _mean(length_of(s) for s in in_bin if s.correct),
+                "mean_length_wrong": _mean(length_of(s) for s in in_bin if not s.correct),
+            }
+        )
+    summary["difficulty_bins"] = bin_rows
+    summary["length_unit"] = unit
+    summary["length"] = {
+        "mean": _mean(length_of(s) for s in samples),
+        "mean_correct": _mean(length_of(s) for s in samples if s.correct),
+        "mean_wrong": _mean(length_of(s) for s in samples if not s.correct),
+    }
+    kw_correct, kw_wrong = Counter(), Counter()
+    n_correct = sum(s.correct for s in samples)
+    for s in samples:
+        (kw_correct if s.correct else kw_wrong).update(keyword_counts(s.response, keywords))
+    summary["keywords_per_response"] = {
+        kw: {
+            "correct": kw_correct[kw] / n_correct if n_correct else None,
+            "wrong": kw_wrong[kw] / (len(samples) - n_correct) if len(samples) > n_correct else None,
+        }
+        for kw in keywords
+    }
+    for field in ("level", "subject"):
+        values = sorted({str(getattr(g[0], field)) for g in groups.values() if getattr(g[0], field) is not None})
+        if values:
+            summary[f"by_{field}"] = {
+                v: _capability_block({p: g for p, g in groups.items() if str(getattr(g[0], field)) == v}, ks)
+                for v in values
+            }
+    summary["correct_counts"] = dict(sorted(correct_counts.items()))
+    return summary

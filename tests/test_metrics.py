@@ -1,0 +1,136 @@
+"""Metrics: pass@k against brute force, and hand-made cases for maj@n, entropy, bins, transitions, keywords."""
+
+import itertools
+import math
+from fractions import Fraction
+
+import pytest
+
+from rlvsdistill.metrics import (
+    Sample,
+    answer_entropy,
+    default_ks,
+    difficulty_bins,
+    keyword_counts,
+    majority_correct,
+    pass_at_k,
+    summarize,
+    transition_matrix,
+    validate_bins,
+)
+
+
+def brute_force_pass_at_k(n: int, c: int, k: int) -> Fraction:
+    """Fraction of all k-subsets of n samples (c of them correct) that hold at least one correct sample."""
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return Fraction(sum(any(samples[i] for i in s) for s in subsets), len(subsets))
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_pass_at_k_equals_enumeration(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(float(brute_force_pass_at_k(n, c, k)), abs=1e-12)
+
+
+def test_pass_at_k_at_n_is_capability_indicator_and_stable_for_large_n():
+    for c in (0, 1, 17, 256):
+        assert pass_at_k(256, c, 256) == float(c > 0)
+    # One correct of 256: pass@1 is exactly 1/256 and pass@128 exactly 1/2, no overflow or cancellation.
+    assert pass_at_k(256, 1, 1) == pytest.approx(1 / 256, rel=1e-12)
+    assert pass_at_k(256, 1, 128) == pytest.approx(0.5, rel=1e-12)
+
+
+@pytest.mark.parametrize("n,c,k", [(4, 5, 1), (4, -1, 1), (4, 2, 0), (4, 2, 5)])
+def test_pass_at_k_rejects_bad_arguments(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+def test_default_ks():
+    assert default_ks(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert default_ks(10) == [1, 2, 4, 8, 10]
+    assert default_ks(1) == [1]
+
+
+MAJ_CASES = [
+    # (keys, correct, expected maj@n)
+    (["1", "2", "2"], [True, False, False], False),  # wrong answer "2" outvotes the correct one
+    (["1", "0.5", "2", "2"], [True, True, False, False], True),  # two correct forms group: tie, correct came first
+    (["2", "2", "1", "0.5"], [False, False, True, True], False),  # same tie, wrong group came first
+    ([None, None, "3"], [False, False, True], True),  # samples without an answer do not vote
+    ([None, None], [False, False], False),  # nobody answered
+]
+
+
+@pytest.mark.parametrize("keys,correct,expected", MAJ_CASES)
+def test_majority_correct(keys, correct, expected):
+    assert majority_correct(keys, correct) is expected
+
+
+def test_answer_entropy():
+    assert answer_entropy(["1"] * 4, [True] * 4) == 0.0  # one answer: no uncertainty
+    # two equal groups: log 2; correct forms "1" and "0.5" are one group
+    assert answer_entropy(["1", "0.5", "7", "7"], [True, True, False, False]) == pytest.approx(math.log(2))
+    # four different answers, one of them "no answer": log 4
+    assert answer_entropy(["1", "2", "3", None], [False] * 4) == pytest.approx(math.log(4))
+
+
+def test_difficulty_bins_paper_and_rule():
+    assert difficulty_bins(256) == [(0, 0), (1, 4), (5, 16), (17, 64), (65, 128), (129, 256)]
+    assert difficulty_bins(16) == [(0, 0), (1, 1), (2, 4), (5, 8), (9, 16)]
+    assert difficulty_bins(1) == [(0, 0), (1, 1)]
+    assert validate_bins([(0, 0), (1, 3), (4, 4)], 4) == [(0, 0), (1, 3), (4, 4)]
+    for bad in ([(0, 0), (2, 4)], [(0, 2), (2, 4)], [(0, 0), (1, 3)]):  # gap, overlap, short of n
+        with pytest.raises(ValueError):
+            validate_bins(bad, 4)
+
+
+def test_transition_matrix():
+    bins = [(0, 0), (1, 2), (3, 4)]
+    base = {"a": 0, "b": 1, "c": 4, "d": 3, "only-base": 2}
+    other = {"a": 2, "b": 0, "c": 4, "d": 4, "only-other": 1}
+    assert transition_matrix(base, other, bins) == [
+        [0, 1, 0],  # a: 0 -> 1-2
+        [1, 0, 0],  # b: 1-2 -> 0
+        [0, 0, 2],  # c, d stay in 3-4
+    ]
+
+
+def test_keyword_counts():
+    text = "Wait, let me recheck. Wait again. wait (lower case does not count)"
+    counts = keyword_counts(text)
+    assert counts["Wait"] == 2 and counts["recheck"] == 1 and counts["Hmm"] == 0
+    assert keyword_counts("try again, try again", ["try again"]) == {"try again": 2}
+
+
+def _samples():
+    # p1: 3 of 4 correct; p2: 0 of 4 (one fallback answer, one without answer); level/subject set.
+    s = [Sample("p1", True, "correct", "1", "box", "Wait \\boxed{1}", level="1", subject="Algebra") for _ in range(3)]
+    s.append(Sample("p1", False, "wrong", "2", "box", "\\boxed{2}", level="1", subject="Algebra"))
+    s += [Sample("p2", False, "wrong", "5", "box", "\\boxed{5}", level="3", subject="Geometry") for _ in range(2)]
+    s.append(Sample("p2", False, "wrong", "6", "fallback", "it is 6", level="3", subject="Geometry"))
+    s.append(Sample("p2", False, "no_answer", None, None, "", level="3", subject="Geometry"))
+    return s
+
+
+def test_summarize_hand_made():
+    out = summarize(_samples())
+    assert out["problems"] == 2 and out["samples_per_problem"] == 4
+    assert out["accuracy"] == pytest.approx((3 / 4 + 0) / 2)
+    assert out["pass@k:k=1&n=4"] == pytest.approx(out["accuracy"])
+    assert out["pass@k:k=4&n=4"] == 0.5  # capability: p1 solved, p2 not
+    assert out["maj@n:n=4"] == 0.5
+    assert out["verdicts"] == {"correct": 3, "wrong": 4, "no_answer": 1, "parse_error": 0, "timeout": 0}
+    assert out["answer_source"] == {"box": 6, "fallback": 1, "none": 1}
+    assert out["correct_counts"] == {"p1": 3, "p2": 0}
+    assert [b["problems"] for b in out["difficulty_bins"]] == [1, 0, 0, 1]  # bins 0, 1, 2, 3-4 for n = 4
+    assert out["length_unit"] == "chars"
+    assert out["keywords_per_response"]["Wait"] == {"correct": 1.0, "wrong": 0.0}
+    assert out["by_level"]["1"]["accuracy"] == 0.75 and out["by_subject"]["Geometry"]["accuracy"] == 0.0
+
+
+def test_summarize_rejects_k_above_n():
+    with pytest.raises(ValueError, match="n = 4"):
+        summarize(_samples(), ks=[8])
