@@ -68,11 +68,56 @@ def _run_grade(args) -> int:
     return 0
 
 
+def _add_train(sub, kind: str, help_text: str) -> None:
+    p = sub.add_parser(kind, help=help_text, description=f"{help_text}. Config: flat YAML with TRL's argument "
+                       "names plus this project's fields; KEY=VALUE overrides follow.")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=_run_train, kind=kind)
+
+
+def _run_train(args) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.kind, args.config, args.overrides)  # every check before any model is loaded
+    if args.kind == "grpo":
+        from .train.grpo import main as run
+    elif args.kind == "sft":
+        from .train.sft import main as run
+    else:
+        from .train.generate import main as run
+    result = run(cfg)
+    if result is not None:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_tiny_model(sub) -> None:
+    p = sub.add_parser("tiny-model", help="write a tiny random Qwen2 model and a locally trained tokenizer")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--layers", type=int, default=2)
+    p.set_defaults(func=_run_tiny_model)
+
+
+def _run_tiny_model(args) -> int:
+    from .tiny_model import build_tiny_model
+
+    out = build_tiny_model(args.out, seed=args.seed, hidden_size=args.hidden_size, layers=args.layers)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvsdistill", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_grade(sub)
+    _add_train(sub, "grpo", "GRPO (RLVR) training with TRL")
+    _add_train(sub, "sft", "SFT distillation with TRL (loss on completions only)")
+    _add_train(sub, "generate", "sample a teacher n times per problem, grade, and write distillation data")
+    _add_tiny_model(sub)
     return parser
 
 

@@ -1,13 +1,16 @@
-"""Problem sets: MATH-style problems with gold answers, read from local JSONL files.
+"""Problem sets and prompt templates.
 
-A MATH record has ``problem``, ``solution`` and usually ``answer``; when ``answer`` is absent the gold answer is the
-solution's last ``\\boxed{}``, as in the MATH training set.
+A benchmark is data: a pinned Hub dataset (id, revision, split, configs) or a local JSONL/parquet file of MATH
+records. A MATH record has ``problem``, ``solution`` and usually ``answer``; when ``answer`` is absent the gold
+answer is the solution's last ``\\boxed{}``, as in the MATH training set. Prompts are built from the paper's three
+templates, by name.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .grading import extract_boxed
 from .io import UserError, read_jsonl
@@ -52,3 +55,88 @@ def load_problems_jsonl(path: str | os.PathLike) -> list[Problem]:
     if not problems:
         raise UserError(f"{path}: no problems")
     return problems
+
+
+# The paper's three prompt templates (its released evaluation code, system_prompt_1..3).
+PROMPT_TEMPLATES: dict[str, str] = {
+    "question_only": "{prompt}",
+    "qwen_math": (
+        "<|im_start|>system\nPlease reason step by step, and put your final answer within \\boxed{{}}.<|im_end|>\n"
+        "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
+    ),
+    "r1": (
+        "A conversation between User and Assistant. The User asks a question, and the Assistant solves it. "
+        "The Assistant first thinks about the reasoning process in mind and then provides the User with the answer. "
+        "The reasoning process is enclosed within <think> </think> and answer is enclosed within <answer> </answer> "
+        "tags, respectively. User: {prompt}\nAssistant: <think>"
+    ),
+}
+
+
+def format_prompt(template: str, problem: str) -> str:
+    """The prompt text for ``problem`` under a named template."""
+    if template not in PROMPT_TEMPLATES:
+        raise UserError(f"prompt_template: {template!r} is not one of {', '.join(PROMPT_TEMPLATES)}")
+    return PROMPT_TEMPLATES[template].format(prompt=problem)
+
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A pinned Hub dataset: id, revision (a commit), split, and the configs to concatenate."""
+
+    id: str
+    revision: str
+    split: str
+    configs: tuple[str | None, ...] = (None,)
+
+
+DATASETS: dict[str, HubDataset] = {
+    # MATH-500: the PRM800K test split (the same file as ../shared/data/math500/test.jsonl).
+    "math500": HubDataset("HuggingFaceH4/MATH-500", "6e4ed1a2a79af7d8630a6b768ec859cb5af4d3be", "test"),
+    # The 7,500 MATH training problems (Hendrycks et al.), one config per subject.
+    "math_train": HubDataset(
+        "EleutherAI/hendrycks_math",
+        "21a5633873b6a120296cce3e2df9d5550074f4a3",
+        "train",
+        ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+         "prealgebra", "precalculus"),
+    ),
+}
+
+
+def _load_hub(spec: HubDataset, split: str | None) -> list[Problem]:
+    from datasets import load_dataset
+
+    problems = []
+    for config in spec.configs:
+        ds = load_dataset(spec.id, config, revision=spec.revision, split=split or spec.split)
+        for i, rec in enumerate(ds):
+            rec = dict(rec)
+            rec.setdefault("unique_id", f"{split or spec.split}/{config or 'all'}/{i}")
+            rec["subject"] = rec.get("subject") or rec.get("type")
+            problems.append(problem_from_record(rec, f"{spec.id}[{config}] row {i}"))
+    return problems
+
+
+def _load_parquet(path: Path) -> list[Problem]:
+    from datasets import Dataset
+
+    ds = Dataset.from_parquet(str(path))
+    return [problem_from_record(dict(rec), f"{path} row {i}") for i, rec in enumerate(ds)]
+
+
+def load_problems(name: str, split: str | None = None, max_problems: int | None = None) -> list[Problem]:
+    """Problems of a named Hub dataset (``math_train``, ``math500``) or a local ``.jsonl``/``.parquet`` file."""
+    if name in DATASETS:
+        problems = _load_hub(DATASETS[name], split)
+    else:
+        path = Path(name)
+        if path.suffix == ".jsonl":
+            problems = load_problems_jsonl(path)
+        elif path.suffix == ".parquet":
+            if not path.exists():
+                raise UserError(f"{path}: no such file")
+            problems = _load_parquet(path)
+        else:
+            raise UserError(f"dataset {name!r}: expected {', '.join(DATASETS)} or a .jsonl/.parquet path")
+    return problems[:max_problems] if max_problems else problems

@@ -23,3 +23,29 @@ def need(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """The tiny random Qwen2 model and tokenizer (issue 3's `tiny-model`), built once per session."""
+    from rlvsdistill.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def write_yaml(path, values: dict):
+    import yaml
+
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def run_cli(*args, env=None, timeout=600, cwd=None):
+    """Run `python -m rlvsdistill ...` (or another module with -m in args) in a subprocess; returns it completed."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=cwd or ROOT)

@@ -1,0 +1,275 @@
+"""Run configs: flat YAML whose keys are TRL's own argument names plus this project's few fields.
+
+``load_config(kind, path, overrides)`` reads the YAML, applies ``key=value`` overrides, checks everything that can
+be checked before a model is loaded (unknown keys, batch divisibility, vLLM context length, bf16 support, paths),
+reports every problem at once with its key, and returns the TRL config subclass for the job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from trl import GRPOConfig, SFTConfig
+
+from .io import UserError
+
+PROMPT_TEMPLATE_NAMES = ("qwen_math", "r1", "question_only")  # data.PROMPT_TEMPLATES; kept light to import
+REWARD_SCALES = ("plus_minus_one", "binary")
+EXTRACT_MODES = ("box", "box+fallback", "free")
+
+
+@dataclass
+class ProjectFields:
+    """Fields every job of this project shares, beside TRL's own arguments."""
+
+    model_name_or_path: str = field(default="", metadata={"help": "model directory (on the PVC) or Hub id"})
+    model_revision: str | None = field(default=None, metadata={"help": "Hub revision (commit) of the model"})
+    dataset_name: str = field(
+        default="math_train",
+        metadata={"help": "math_train, math500, or a local .jsonl/.parquet path (MATH format)"},
+    )
+    dataset_split: str | None = field(default=None, metadata={"help": "split of a Hub dataset (default: its own)"})
+    max_problems: int | None = field(default=None, metadata={"help": "use only the first N problems (tests, demos)"})
+    prompt_template: str = field(
+        default="qwen_math", metadata={"help": f"prompt template: {', '.join(PROMPT_TEMPLATE_NAMES)}"}
+    )
+    run_name_tag: str | None = field(default=None, metadata={"help": "free-form label saved in the run record"})
+
+
+@dataclass
+class GRPOFields(ProjectFields):
+    """GRPO-only project fields."""
+
+    reward_scale: str = field(
+        default="plus_minus_one", metadata={"help": "plus_minus_one (+1/-1, the paper) or binary (1/0)"}
+    )
+    answer_extract: str = field(default="box", metadata={"help": "reward's answer extraction: box, box+fallback, free"})
+    format_reward_weight: float = field(
+        default=0.0, metadata={"help": "weight of a format reward (a \\boxed{} answer, and R1 tags); 0 = off"}
+    )
+    max_prompt_tokens: int = field(
+        default=512, metadata={"help": "longest prompt in tokens (longer problems are dropped); sets vLLM's budget"}
+    )
+    zero_reward_warn_steps: int = field(
+        default=20, metadata={"help": "warn when no completion was correct for this many reward calls in a row"}
+    )
+
+
+@dataclass
+class SFTFields(ProjectFields):
+    """SFT-only project fields (the dataset is a JSONL of prompt/completion pairs from `rlvsdistill generate`)."""
+
+    dataset_name: str = field(default="", metadata={"help": "JSONL of {prompt, completion} records"})
+
+
+@dataclass
+class GRPORunConfig(GRPOFields, GRPOConfig):
+    """TRL's GRPOConfig plus this project's fields."""
+
+
+@dataclass
+class SFTRunConfig(SFTFields, SFTConfig):
+    """TRL's SFTConfig plus this project's fields."""
+
+
+@dataclass
+class SamplingFields:
+    """How to sample a model: n per problem and the sampling parameters (the paper's evaluation: 256 at
+    temperature 0.9, top_p 1.0, top_k 50; its teachers: 0.6 / 0.95 / 50)."""
+
+    n: int = field(default=1, metadata={"help": "samples per problem"})
+    temperature: float = 0.9
+    top_p: float = 1.0
+    top_k: int = 50
+    max_tokens: int = field(default=1024, metadata={"help": "longest completion, in tokens"})
+    seed: int = field(default=0, metadata={"help": "run seed; each problem's seed derives from it"})
+    backend: str = field(default="auto", metadata={"help": "auto (vLLM when usable, else HF), vllm, or hf"})
+    tensor_parallel_size: int = 1
+    vllm_max_model_length: int | None = None
+
+
+@dataclass
+class GenerateConfig(SamplingFields, ProjectFields):
+    """`rlvsdistill generate`: sample a teacher, grade, filter, write distillation data."""
+
+    output_file: str = field(default="", metadata={"help": "the JSONL of prompt/completion records to write"})
+    student_prompt_template: str | None = field(
+        default=None, metadata={"help": "template of the prompts written for the student (default: prompt_template)"}
+    )
+    answer_extract: str = field(default="box", metadata={"help": "box, box+fallback, or free"})
+    keep: str = field(default="correct", metadata={"help": "correct (the paper) or all samples"})
+    student_results: str | None = field(
+        default=None,
+        metadata={"help": "summary.json of the student's evaluation: keep only problems it solved at least once "
+                  "(the paper's 'reasoning patterns only' setting); unset = all problems"},
+    )
+    max_per_problem: int | None = field(default=None, metadata={"help": "at most this many kept samples per problem"})
+
+
+CONFIG_CLASSES = {"grpo": GRPORunConfig, "sft": SFTRunConfig, "generate": GenerateConfig}
+TRL_KINDS = ("grpo", "sft")
+
+
+def config_class(kind: str):
+    """The config dataclass of a job kind ('grpo' or 'sft')."""
+    if kind not in CONFIG_CLASSES:
+        raise UserError(f"unknown job kind {kind!r}; expected one of {', '.join(CONFIG_CLASSES)}")
+    return CONFIG_CLASSES[kind]
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """['learning_rate=1e-6', 'bf16=false'] -> {'learning_rate': 1e-06, 'bf16': False} (values read as YAML)."""
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """A YAML mapping from a file, with errors naming the file (and line, for syntax errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys to values")
+    return data
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _type_name(tp) -> str:
+    return tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+
+
+def coerce_numbers(cls, values: dict[str, Any]) -> list[str]:
+    """Turn numeric strings into numbers for int/float fields, in place (YAML 1.1 reads ``1e-6`` as a string).
+
+    Returns a problem line for each value that is not a number where one is expected.
+    """
+    problems = []
+    types = {f.name: _type_name(f.type) for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        tp = types.get(key, "")
+        if not isinstance(value, str) or not any(t in tp.replace(" ", "").split("|") for t in ("float", "int")):
+            continue
+        try:
+            number = float(value)
+            values[key] = int(number) if "float" not in tp and number.is_integer() else number
+        except ValueError:
+            problems.append(f"{key}: expected a number, got {value!r}")
+    return problems
+
+
+def check_values(kind: str, values: dict[str, Any], hardware: bool = True) -> list[str]:
+    """Every problem with the raw values that can be found without loading a model, one line each.
+
+    ``hardware=False`` skips what depends on this machine (bf16 support, local paths): CI validates the cluster's
+    configs that way.
+    """
+    cls = config_class(kind)
+    names = {f.name for f in dataclasses.fields(cls)}
+    problems = [f"{key}: unknown key for a {kind} config" for key in values if key not in names]
+    problems += coerce_numbers(cls, values)
+    if not values.get("model_name_or_path"):
+        problems.append("model_name_or_path: required")
+    template = values.get("prompt_template", "qwen_math")
+    if template not in PROMPT_TEMPLATE_NAMES:
+        problems.append(f"prompt_template: {template!r} is not one of {', '.join(PROMPT_TEMPLATE_NAMES)}")
+    dataset = str(values.get("dataset_name", "math_train" if kind == "grpo" else ""))
+    if kind == "sft" and not dataset:
+        problems.append("dataset_name: required (a JSONL of prompt/completion records)")
+    elif dataset not in ("math_train", "math500") and not dataset.endswith((".jsonl", ".parquet")):
+        problems.append(f"dataset_name: {dataset!r} is neither math_train, math500 nor a .jsonl/.parquet path")
+    elif hardware and dataset.endswith((".jsonl", ".parquet")) and not Path(dataset).exists():
+        problems.append(f"dataset_name: {dataset} does not exist")
+    model = str(values.get("model_name_or_path", ""))
+    if hardware and model.startswith(("/", ".")) and not Path(model).exists():
+        problems.append(f"model_name_or_path: {model} does not exist")
+    bf16 = values.get("bf16", True)  # TRL's configs default to bf16
+    if hardware and kind in TRL_KINDS and bf16 and not _bf16_supported():
+        problems.append("bf16: true, but this machine has no GPU with bf16 support (set bf16: false, use_cpu: true)")
+    if kind == "grpo":
+        problems += _check_grpo(values)
+    if kind == "generate":
+        problems += _check_generate(values)
+    return problems
+
+
+def _check_generate(values: dict[str, Any]) -> list[str]:
+    problems = []
+    if not values.get("output_file"):
+        problems.append("output_file: required")
+    for key in ("n", "max_tokens"):
+        if not isinstance(values.get(key, 1), int) or values.get(key, 1) < 1:
+            problems.append(f"{key}: must be a positive integer")
+    if values.get("keep", "correct") not in ("correct", "all"):
+        problems.append("keep: expected correct or all")
+    if values.get("backend", "auto") not in ("auto", "vllm", "hf"):
+        problems.append("backend: expected auto, vllm or hf")
+    if values.get("answer_extract", "box") not in EXTRACT_MODES:
+        problems.append(f"answer_extract: expected one of {', '.join(EXTRACT_MODES)}")
+    template = values.get("student_prompt_template")
+    if template is not None and template not in PROMPT_TEMPLATE_NAMES:
+        problems.append(f"student_prompt_template: {template!r} is not one of {', '.join(PROMPT_TEMPLATE_NAMES)}")
+    results = values.get("student_results")
+    if results and not Path(results).is_file() and not results.startswith("/"):
+        problems.append(f"student_results: {results} does not exist")
+    return problems
+
+
+def _check_grpo(values: dict[str, Any]) -> list[str]:
+    problems = []
+    num_gen = values.get("num_generations", 8)
+    # TRL's default: per-device batch x processes x steps_per_generation (itself defaulting to gradient
+    # accumulation). The process count is unknown here, so 1; TRL checks the real value again at start.
+    steps = values.get("steps_per_generation") or values.get("gradient_accumulation_steps", 1)
+    gen_batch = values.get("generation_batch_size") or values.get("per_device_train_batch_size", 8) * steps
+    if isinstance(num_gen, int) and isinstance(gen_batch, int) and num_gen > 0 and gen_batch % num_gen:
+        problems.append(
+            f"generation_batch_size: {gen_batch} is not divisible by num_generations ({num_gen})"
+        )
+    if values.get("reward_scale", "plus_minus_one") not in REWARD_SCALES:
+        problems.append(f"reward_scale: expected one of {', '.join(REWARD_SCALES)}")
+    if values.get("answer_extract", "box") not in EXTRACT_MODES:
+        problems.append(f"answer_extract: expected one of {', '.join(EXTRACT_MODES)}")
+    vllm_len = values.get("vllm_max_model_length")
+    if values.get("use_vllm") and vllm_len is not None:
+        need = values.get("max_prompt_tokens", 512) + values.get("max_completion_length", 256)
+        if vllm_len < need:
+            problems.append(
+                f"vllm_max_model_length: {vllm_len} is below max_prompt_tokens + max_completion_length = {need}"
+            )
+    if values.get("vllm_mode", "colocate") not in ("colocate", "server"):
+        problems.append("vllm_mode: expected colocate or server")
+    return problems
+
+
+def load_config(kind: str, path: str | os.PathLike, overrides: list[str] | None = None):
+    """Read, check and build the config of a job (``grpo``, ``sft``, ``generate``); UserError lists every problem."""
+    values = read_yaml(path)
+    values.update(parse_overrides(overrides or []))
+    problems = check_values(kind, values)
+    if problems:
+        raise UserError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    try:
+        return config_class(kind)(**values)
+    except (TypeError, ValueError) as exc:  # TRL's own __post_init__ checks
+        raise UserError(f"{path}: {exc}") from None

@@ -1,0 +1,137 @@
+"""Sampling n completions per prompt, behind one small interface: vLLM offline on GPUs, HF ``generate`` on CPU.
+
+Each problem gets its own seed (``problem_seed``), so a problem's samples do not depend on which other problems
+share its batch, shard or pod: a sharded, restarted run reproduces an unsharded one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters (the paper: n = 256, temperature 0.9, top_p 1.0, top_k 50)."""
+
+    n: int = 1
+    temperature: float = 0.9
+    top_p: float = 1.0
+    top_k: int = 50
+    max_tokens: int = 1024
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    num_tokens: int
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """A 31-bit seed derived from the run seed and the problem id (stable across processes and machines)."""
+    digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+class Generator(Protocol):
+    def generate(self, prompts: list[str], problem_ids: list[str], sampling: Sampling) -> list[list[Completion]]:
+        """n completions for each prompt, in order."""
+        ...
+
+
+class HFGenerator:
+    """Transformers ``generate``, one problem at a time with ``num_return_sequences = n`` (no padding effects)."""
+
+    def __init__(self, model: str, revision: str | None = None, device: str | None = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision)
+        self.model = AutoModelForCausalLM.from_pretrained(model, revision=revision).to(self.device).eval()
+
+    def generate(self, prompts, problem_ids, sampling):
+        import torch
+
+        out = []
+        for prompt, pid in zip(prompts, problem_ids):
+            enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
+            torch.manual_seed(problem_seed(sampling.seed, pid))
+            with torch.no_grad():
+                ids = self.model.generate(
+                    **enc,
+                    do_sample=sampling.temperature > 0,
+                    temperature=sampling.temperature if sampling.temperature > 0 else None,
+                    top_p=sampling.top_p,
+                    top_k=sampling.top_k,
+                    max_new_tokens=sampling.max_tokens,
+                    num_return_sequences=sampling.n,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new = ids[:, enc["input_ids"].shape[1]:]
+            completions = []
+            for row in new:
+                row = row.tolist()
+                # Count tokens up to and including EOS; padding after it is not part of the completion.
+                eos = self.tokenizer.eos_token_id
+                length = row.index(eos) + 1 if eos in row else len(row)
+                completions.append(Completion(self.tokenizer.decode(row[:length], skip_special_tokens=True), length))
+            out.append(completions)
+        return out
+
+
+class VLLMGenerator:
+    """vLLM offline ``LLM.generate`` with n samples per prompt and a per-problem seed (GPU only)."""
+
+    def __init__(self, model: str, revision: str | None = None, tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.9):
+        from vllm import LLM
+
+        self.llm = LLM(model=model, revision=revision, tensor_parallel_size=tensor_parallel_size,
+                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization)
+
+    def generate(self, prompts, problem_ids, sampling):
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                           max_tokens=sampling.max_tokens, seed=problem_seed(sampling.seed, pid))
+            for pid in problem_ids
+        ]
+        results = self.llm.generate(prompts, params)
+        return [[Completion(o.text, len(o.token_ids)) for o in r.outputs] for r in results]
+
+
+def vllm_usable() -> tuple[bool, str]:
+    """(True, '') when vLLM can run here, else (False, the reason)."""
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed"
+    if not torch.cuda.is_available():
+        return False, "no CUDA GPU"
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False, "vllm is not installed"
+    return True, ""
+
+
+def make_generator(backend: str, model: str, revision: str | None = None, tensor_parallel_size: int = 1,
+                   max_model_len: int | None = None) -> Generator:
+    """``vllm``, ``hf``, or ``auto`` (vLLM when it can run here, else HF)."""
+    if backend == "auto":
+        ok, why = vllm_usable()
+        backend = "vllm" if ok else "hf"
+        if not ok:
+            logger.info("generation backend: hf (%s)", why)
+    if backend == "vllm":
+        return VLLMGenerator(model, revision, tensor_parallel_size, max_model_len)
+    if backend == "hf":
+        return HFGenerator(model, revision)
+    raise ValueError(f"unknown generation backend {backend!r}; expected auto, vllm or hf")

@@ -1,0 +1,94 @@
+"""The shared volume's layout: run directories, checkpoints and their completion markers, the run record.
+
+Relative output paths live under ``$RLVSDISTILL_ROOT`` (default ``runs/``; the jobs set it to the PVC mount).
+A checkpoint counts only once its marker file exists: the marker is written last, after every rank saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from .io import write_json
+
+ROOT_ENV = "RLVSDISTILL_ROOT"
+COMPLETE_MARKER = ".complete"
+RUN_RECORD = "run_record.json"
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+RECORDED_PACKAGES = ("rlvsdistill", "torch", "transformers", "trl", "accelerate", "datasets", "deepspeed",
+                     "peft", "vllm", "math-verify")
+
+
+def volume_root() -> Path:
+    """Where relative run paths live."""
+    return Path(os.environ.get(ROOT_ENV, "runs"))
+
+
+def resolve_output_dir(output_dir: str | os.PathLike) -> Path:
+    """An absolute output path as is; a relative one under the volume root."""
+    path = Path(output_dir)
+    return path if path.is_absolute() else volume_root() / path
+
+
+def mark_complete(directory: str | os.PathLike) -> None:
+    """Write the completion marker of a checkpoint (or any output directory), last."""
+    (Path(directory) / COMPLETE_MARKER).write_text("ok\n")
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+    return (Path(directory) / COMPLETE_MARKER).is_file()
+
+
+def latest_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest ``checkpoint-N`` with a completion marker; half-written checkpoints are never picked."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    found = []
+    for child in output_dir.iterdir():
+        m = _CHECKPOINT.fullmatch(child.name)
+        if m and child.is_dir() and is_complete(child):
+            found.append((int(m.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_commit() -> str | None:
+    """The source commit: $GIT_COMMIT (set in the image), else the checkout's HEAD, else None."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run_record(output_dir: str | os.PathLike, kind: str, config) -> Path:
+    """Save the resolved config, package versions, image tag and git commit beside a run's outputs."""
+    values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    record = {
+        "kind": kind,
+        "config": json.loads(json.dumps(values, default=str)),
+        "versions": package_versions(),
+        "image_tag": os.environ.get("IMAGE_TAG"),
+        "git_commit": git_commit(),
+    }
+    path = Path(output_dir) / RUN_RECORD
+    write_json(path, record)
+    return path

@@ -1,0 +1,1 @@
+"""Trainer entrypoints: thin ``main(cfg)`` functions around TRL's GRPOTrainer and SFTTrainer."""
