@@ -38,6 +38,11 @@ test-fast: $(VENV)/.installed ## the suite without the slow multi-process traini
 bench-grading: $(VENV)/.installed ## grader speed vs the plain serial baseline (prints ratios)
 	$(PY) tests/benchmarks/bench_grading.py
 
+.PHONY: bench-eval
+bench-eval: $(VENV)/.installed ## evaluation pipeline overhead vs generate alone (prints the ratio)
+	$(PY) tests/benchmarks/bench_eval.py
+	$(PY) tests/benchmarks/bench_eval.py --extract free
+
 .PHONY: clean
 clean: ## remove the environment and caches
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -68,25 +68,37 @@ def _run_grade(args) -> int:
     return 0
 
 
-def _add_train(sub, kind: str, help_text: str) -> None:
-    p = sub.add_parser(kind, help=help_text, description=f"{help_text}. Config: flat YAML with TRL's argument "
-                       "names plus this project's fields; KEY=VALUE overrides follow.")
+# Commands driven by a config file: name -> (config kind, "module:function", help).
+CONFIG_COMMANDS = {
+    "grpo": ("grpo", "rlvsdistill.train.grpo:main", "GRPO (RLVR) training with TRL"),
+    "sft": ("sft", "rlvsdistill.train.sft:main", "SFT distillation with TRL (loss on completions only)"),
+    "generate": ("generate", "rlvsdistill.train.generate:main",
+                 "sample a teacher n times per problem, grade, and write distillation data"),
+    "eval": ("eval", "rlvsdistill.evaluate:main",
+             "sample n per problem (one shard), grade, and with one shard also merge and summarize"),
+    "eval-merge": ("eval", "rlvsdistill.evaluate:merge_main",
+                   "merge an evaluation's shards into samples.jsonl and summary.json"),
+}
+
+
+def _add_config_command(sub, name: str) -> None:
+    kind, _, help_text = CONFIG_COMMANDS[name]
+    p = sub.add_parser(name, help=help_text, description=f"{help_text}. Config: flat YAML (TRL's argument names "
+                       "for training, plus this project's fields); KEY=VALUE overrides follow.")
     p.add_argument("--config", required=True, help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a config key")
-    p.set_defaults(func=_run_train, kind=kind)
+    p.set_defaults(func=_run_config_command, name=name)
 
 
-def _run_train(args) -> int:
+def _run_config_command(args) -> int:
+    import importlib
+
     from .config import load_config
 
-    cfg = load_config(args.kind, args.config, args.overrides)  # every check before any model is loaded
-    if args.kind == "grpo":
-        from .train.grpo import main as run
-    elif args.kind == "sft":
-        from .train.sft import main as run
-    else:
-        from .train.generate import main as run
-    result = run(cfg)
+    kind, target, _ = CONFIG_COMMANDS[args.name]
+    cfg = load_config(kind, args.config, args.overrides)  # every check before any model is loaded
+    module, function = target.split(":")
+    result = getattr(importlib.import_module(module), function)(cfg)
     if result is not None:
         print(json.dumps(result, indent=2))
     return 0
@@ -109,14 +121,31 @@ def _run_tiny_model(args) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="compare evaluation runs: Markdown tables and PNG plots",
+                       description="Compare merged evaluation runs (the first is the base model).")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run directories with summary.json")
+    p.add_argument("--out", required=True, help="output directory for report.md and the plots")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.runs, args.out)
+    print(path.read_text().split("## pass@k")[0])
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvsdistill", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_grade(sub)
-    _add_train(sub, "grpo", "GRPO (RLVR) training with TRL")
-    _add_train(sub, "sft", "SFT distillation with TRL (loss on completions only)")
-    _add_train(sub, "generate", "sample a teacher n times per problem, grade, and write distillation data")
+    for name in CONFIG_COMMANDS:
+        _add_config_command(sub, name)
+    _add_report(sub)
     _add_tiny_model(sub)
     return parser
 

@@ -18,7 +18,7 @@ from trl import GRPOConfig, SFTConfig
 
 from .io import UserError
 
-PROMPT_TEMPLATE_NAMES = ("qwen_math", "r1", "question_only")  # data.PROMPT_TEMPLATES; kept light to import
+PROMPT_TEMPLATE_NAMES = ("qwen_math", "r1", "question_only", "chat")  # data.PROMPT_TEMPLATES; kept light to import
 REWARD_SCALES = ("plus_minus_one", "binary")
 EXTRACT_MODES = ("box", "box+fallback", "free")
 
@@ -111,7 +111,23 @@ class GenerateConfig(SamplingFields, ProjectFields):
     max_per_problem: int | None = field(default=None, metadata={"help": "at most this many kept samples per problem"})
 
 
-CONFIG_CLASSES = {"grpo": GRPORunConfig, "sft": SFTRunConfig, "generate": GenerateConfig}
+@dataclass
+class EvalConfig(SamplingFields, ProjectFields):
+    """`rlvsdistill eval`: n samples per problem, sharded and resumable, graded, summarized."""
+
+    dataset_name: str = field(default="math500", metadata={"help": "math500, math_train, or a .jsonl/.parquet path"})
+    output_dir: str = field(default="", metadata={"help": "the run directory (relative: under $RLVSDISTILL_ROOT)"})
+    num_shards: int = field(default=1, metadata={"help": "problem shards (one per pod of an indexed Job)"})
+    shard_index: int | None = field(
+        default=None, metadata={"help": "this process's shard (default: $JOB_COMPLETION_INDEX, else 0)"}
+    )
+    part_size: int = field(default=8, metadata={"help": "problems per atomically written part (the resume unit)"})
+    answer_extract: str = field(default="box", metadata={"help": "box (the paper's 'with format'), box+fallback, free"})
+    ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
+    grade_workers: int | None = field(default=None, metadata={"help": "grading processes (default: CPUs)"})
+
+
+CONFIG_CLASSES = {"grpo": GRPORunConfig, "sft": SFTRunConfig, "generate": GenerateConfig, "eval": EvalConfig}
 TRL_KINDS = ("grpo", "sft")
 
 
@@ -208,24 +224,65 @@ def check_values(kind: str, values: dict[str, Any], hardware: bool = True) -> li
         problems.append("bf16: true, but this machine has no GPU with bf16 support (set bf16: false, use_cpu: true)")
     if kind == "grpo":
         problems += _check_grpo(values)
+    if kind in ("generate", "eval"):
+        problems += _check_sampling(values)
     if kind == "generate":
         problems += _check_generate(values)
+    if kind == "eval":
+        problems += _check_eval(values, hardware)
     return problems
+
+
+def _check_sampling(values: dict[str, Any]) -> list[str]:
+    problems = []
+    for key in ("n", "max_tokens"):
+        if not isinstance(values.get(key, 1), int) or values.get(key, 1) < 1:
+            problems.append(f"{key}: must be a positive integer")
+    if values.get("backend", "auto") not in ("auto", "vllm", "hf"):
+        problems.append("backend: expected auto, vllm or hf")
+    if values.get("answer_extract", "box") not in EXTRACT_MODES:
+        problems.append(f"answer_extract: expected one of {', '.join(EXTRACT_MODES)}")
+    return problems
+
+
+def _check_eval(values: dict[str, Any], hardware: bool) -> list[str]:
+    problems = []
+    if not values.get("output_dir"):
+        problems.append("output_dir: required")
+    shards, index = values.get("num_shards", 1), values.get("shard_index")
+    if not isinstance(shards, int) or shards < 1:
+        problems.append("num_shards: must be a positive integer")
+    elif index is not None and not (isinstance(index, int) and 0 <= index < shards):
+        problems.append(f"shard_index: {index} is outside 0..{shards - 1}")
+    ks, n = values.get("ks"), values.get("n", 1)
+    if ks is not None:
+        if not isinstance(ks, list) or not all(isinstance(k, int) and k >= 1 for k in ks):
+            problems.append("ks: expected a list of positive integers")
+        elif isinstance(n, int) and max(ks) > n:
+            problems.append(f"ks: pass@{max(ks)} needs at least {max(ks)} samples per problem, but n = {n}")
+    if hardware and values.get("output_dir"):
+        from .paths import resolve_output_dir
+
+        problems += _check_writable(resolve_output_dir(values["output_dir"]), "output_dir")
+    return problems
+
+
+def _check_writable(path: Path, key: str) -> list[str]:
+    """A problem line unless ``path`` exists as a writable directory or can be created as one."""
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        return [f"{key}: {path} is not writable ({probe} is not a writable directory)"]
+    return []
 
 
 def _check_generate(values: dict[str, Any]) -> list[str]:
     problems = []
     if not values.get("output_file"):
         problems.append("output_file: required")
-    for key in ("n", "max_tokens"):
-        if not isinstance(values.get(key, 1), int) or values.get(key, 1) < 1:
-            problems.append(f"{key}: must be a positive integer")
     if values.get("keep", "correct") not in ("correct", "all"):
         problems.append("keep: expected correct or all")
-    if values.get("backend", "auto") not in ("auto", "vllm", "hf"):
-        problems.append("backend: expected auto, vllm or hf")
-    if values.get("answer_extract", "box") not in EXTRACT_MODES:
-        problems.append(f"answer_extract: expected one of {', '.join(EXTRACT_MODES)}")
     template = values.get("student_prompt_template")
     if template is not None and template not in PROMPT_TEMPLATE_NAMES:
         problems.append(f"student_prompt_template: {template!r} is not one of {', '.join(PROMPT_TEMPLATE_NAMES)}")

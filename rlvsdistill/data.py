@@ -73,10 +73,19 @@ PROMPT_TEMPLATES: dict[str, str] = {
 }
 
 
-def format_prompt(template: str, problem: str) -> str:
-    """The prompt text for ``problem`` under a named template."""
+# "chat": the model's own chat template (its tokenizer's), with this instruction after the problem.
+CHAT_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def format_prompt(template: str, problem: str, tokenizer=None) -> str:
+    """The prompt text for ``problem`` under a named template (``chat`` needs the model's tokenizer)."""
+    if template == "chat":
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise UserError("prompt_template: chat needs a model whose tokenizer has a chat template")
+        messages = [{"role": "user", "content": f"{problem}\n{CHAT_INSTRUCTION}"}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if template not in PROMPT_TEMPLATES:
-        raise UserError(f"prompt_template: {template!r} is not one of {', '.join(PROMPT_TEMPLATES)}")
+        raise UserError(f"prompt_template: {template!r} is not one of {', '.join(PROMPT_TEMPLATES)}, chat")
     return PROMPT_TEMPLATES[template].format(prompt=problem)
 
 

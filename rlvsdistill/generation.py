@@ -94,6 +94,7 @@ class VLLMGenerator:
 
         self.llm = LLM(model=model, revision=revision, tensor_parallel_size=tensor_parallel_size,
                        max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization)
+        self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts, problem_ids, sampling):
         from vllm import SamplingParams

@@ -315,7 +315,10 @@ class _Worker:
 class GraderPool:
     """Worker processes that grade responses with math-verify, with a hard wall-clock bound per item.
 
-    Use as a context manager, or keep one for the life of a trainer (``close()`` ends the workers).
+    Use as a context manager, or keep one for the life of a trainer (``close()`` ends the workers). Workers start
+    from a fork server, which re-imports the program's ``__main__`` script in each worker: a script that imports
+    torch at its top makes every worker import torch too (seconds of CPU each); import heavy modules inside
+    ``main()``. The ``rlvsdistill`` command and ``python -m rlvsdistill`` are light.
     """
 
     def __init__(

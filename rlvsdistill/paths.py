@@ -92,3 +92,17 @@ def write_run_record(output_dir: str | os.PathLike, kind: str, config) -> Path:
     path = Path(output_dir) / RUN_RECORD
     write_json(path, record)
     return path
+
+
+# An evaluation run: shards/<shard>/part-<i>.jsonl (each written atomically; existence means finished), a
+# shard's marker once all its parts exist, then samples.jsonl + summary.json from the merge, marked last.
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def shard_dir(run_dir: str | os.PathLike, index: int, count: int) -> Path:
+    return Path(run_dir) / "shards" / f"shard-{index:05d}-of-{count:05d}"
+
+
+def part_file(shard: str | os.PathLike, part: int) -> Path:
+    return Path(shard) / f"part-{part:05d}.jsonl"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from .data import Problem, load_problems_jsonl
 from .grading import ExtractMode, GraderPool, GraderSettings
 from .io import UserError, read_jsonl, write_json, write_jsonl
 from .metrics import Bin, Sample, summarize, validate_bins
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -96,23 +96,6 @@ def samples_from_records(records: Sequence[dict]) -> list[Sample]:
     ]
 
 
-class ProgressLog:
-    """Log 'done/total, rate, ETA' at most every ``every`` seconds (reads well in ``kubectl logs``)."""
-
-    def __init__(self, what: str, every: float = 5.0):
-        self.what, self.every = what, every
-        self.start = self.last = time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every and done < total:
-            return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        logger.info("%s: %d/%d (%.1f/s, ETA %.0fs)", self.what, done, total, rate, eta)
-
-
 def grade_file(
     input_path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -143,8 +126,10 @@ def grade_file(
             validate_bins(bins, n)
         except ValueError as exc:
             raise UserError(f"--bins: {exc}") from None
+    progress = Progress("grading", total=0, unit="answers", every=5.0)
     with GraderPool(workers=workers, item_timeout=item_timeout, settings=settings) as pool:
-        attach_verdicts(records, mode, pool, ProgressLog("grading"))
+        attach_verdicts(records, mode, pool, progress.callback)
+    progress.close()
     try:
         summary = summarize(samples_from_records(records), ks=ks, bins=bins)
     except ValueError as exc:

@@ -49,3 +49,40 @@ def run_cli(*args, env=None, timeout=600, cwd=None):
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, cwd=cwd or ROOT)
+
+
+CPU = {"use_cpu": True, "bf16": False, "report_to": "none", "seed": 0, "dataloader_num_workers": 0}
+
+
+def sft_values(model, data, out, **extra):
+    """An SFT config for the tiny model on CPU."""
+    return {"model_name_or_path": str(model), "dataset_name": str(data), "output_dir": str(out),
+            "completion_only_loss": True, "max_length": 128, "per_device_train_batch_size": 6,
+            "learning_rate": 3e-3, "lr_scheduler_type": "constant", "max_steps": 40, "logging_steps": 5,
+            "save_steps": 20, **CPU, **extra}
+
+
+@pytest.fixture(scope="session")
+def sevens(tmp_path_factory):
+    """A synthetic problem set whose every answer is 7, and SFT data teaching the answer `\\boxed{7}`."""
+    import json
+
+    d = tmp_path_factory.mktemp("sevens")
+    problems = [{"unique_id": f"p{i}", "problem": f"Add {i % 8} and {7 - i % 8}.", "answer": "7",
+                 "level": 1 + i % 3, "subject": ["Algebra", "Prealgebra"][i % 2]} for i in range(24)]
+    (d / "problems.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
+    (d / "sft.jsonl").write_text("".join(
+        json.dumps({"prompt": p["problem"], "completion": " The answer is \\boxed{7}."}) + "\n" for p in problems))
+    return d
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory, tiny_model, sevens):
+    """The tiny model after a few dozen real SFT steps on `\\boxed{7}` answers (also the SFT test's run)."""
+    from rlvsdistill.config import load_config
+    from rlvsdistill.train.sft import main
+
+    d = tmp_path_factory.mktemp("teacher")
+    cfg = load_config("sft", write_yaml(d / "sft.yaml", sft_values(tiny_model, sevens / "sft.jsonl", d / "out")))
+    main(cfg)
+    return d / "out"

@@ -74,7 +74,7 @@ def test_bad_yaml_names_file_and_line(tmp_path):
 
 
 SHIPPED = sorted((ROOT / "configs").glob("*/*.yaml"))
-KIND_OF = {"grpo": "grpo", "sft": "sft", "generate": "generate"}
+KIND_OF = {"grpo": "grpo", "sft": "sft", "generate": "generate", "eval": "eval"}
 
 
 @pytest.mark.parametrize("path", [p for p in SHIPPED if p.parent.name in ("cpu", "paper", "demo")],

@@ -31,7 +31,7 @@ def main(cfg) -> dict:
     from ..grading import GraderPool
     from ..io import write_jsonl
     from ..paths import resolve_output_dir, write_run_record
-    from ..scoring import ProgressLog
+    from ..progress import Progress
 
     problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
     if cfg.student_results:
@@ -44,12 +44,13 @@ def main(cfg) -> dict:
     generator = make_generator(cfg.backend, cfg.model_name_or_path, cfg.model_revision, cfg.tensor_parallel_size,
                                cfg.vllm_max_model_length)
     student_template = cfg.student_prompt_template or cfg.prompt_template
-    rows, progress = [], ProgressLog("generating")
+    tokenizer = getattr(generator, "tokenizer", None)
+    rows, progress = [], Progress("generate", len(problems), scale=cfg.n, unit="samples")
     try:
         batch = 8
         for start in range(0, len(problems), batch):
             chunk = problems[start:start + batch]
-            prompts = [format_prompt(cfg.prompt_template, p.problem) for p in chunk]
+            prompts = [format_prompt(cfg.prompt_template, p.problem, tokenizer) for p in chunk]
             samples = generator.generate(prompts, [p.id for p in chunk], sampling)
             flat = [(p, i, c) for p, cs in zip(chunk, samples) for i, c in enumerate(cs)]
             verdicts = pool.grade([p.answer for p, _, _ in flat], [c.text for _, _, c in flat], cfg.answer_extract)
@@ -61,12 +62,14 @@ def main(cfg) -> dict:
                     continue
                 kept_per_problem[p.id] = kept_per_problem.get(p.id, 0) + 1
                 rows.append({
-                    "problem_id": p.id, "sample_index": i, "prompt": format_prompt(student_template, p.problem),
+                    "problem_id": p.id, "sample_index": i,
+                    "prompt": format_prompt(student_template, p.problem, tokenizer),
                     "completion": c.text, "answer": p.answer, "verdict": v.status.value, "num_tokens": c.num_tokens,
                 })
-            progress(start + len(chunk), len(problems))
+            progress.update(len(chunk))
     finally:
         pool.close()
+        progress.close()
     write_jsonl(out, rows)
     write_run_record(out.parent, "generate", cfg)
     stats = {"problems": len(problems), "samples": len(problems) * cfg.n, "kept": len(rows),

@@ -1,0 +1,194 @@
+"""Evaluation at scale: n samples per problem, sharded across pods, resumable, graded while generating.
+
+Flow: problems -> this shard's problems (index i goes to shard i mod S) -> parts of ``part_size`` problems ->
+generate (vLLM or HF) -> grade on a background thread (worker processes) while the next part generates ->
+``part-NNNNN.jsonl`` written atomically (a restarted shard skips the parts that exist) -> shard marker.
+``merge`` then checks that every shard is complete and no record repeats, writes ``samples.jsonl`` and the
+``summary.json`` of metrics.py, and marks the run complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from .data import Problem, format_prompt, load_problems
+from .generation import Completion, Sampling, make_generator
+from .grading import GraderPool
+from .io import UserError, read_jsonl, write_json, write_jsonl
+from .paths import (
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    is_complete,
+    mark_complete,
+    part_file,
+    resolve_output_dir,
+    shard_dir,
+    write_run_record,
+)
+from .metrics import summarize
+from .progress import Progress
+from .scoring import samples_from_records
+
+logger = logging.getLogger(__name__)
+
+
+def shard_index(cfg) -> int:
+    """This process's shard: the config's, else an indexed Job's $JOB_COMPLETION_INDEX, else 0."""
+    if cfg.shard_index is not None:
+        return cfg.shard_index
+    raw = os.environ.get("JOB_COMPLETION_INDEX")
+    if raw is None:
+        return 0
+    try:
+        index = int(raw)
+    except ValueError:
+        raise UserError(f"JOB_COMPLETION_INDEX={raw!r} is not an integer") from None
+    if not 0 <= index < cfg.num_shards:
+        raise UserError(f"JOB_COMPLETION_INDEX={index} is outside 0..{cfg.num_shards - 1} (num_shards)")
+    return index
+
+
+def shard_problems(problems: list[Problem], index: int, count: int) -> list[Problem]:
+    return problems[index::count]
+
+
+def _records(part: list[Problem], completions: list[list[Completion]], verdicts) -> list[dict]:
+    rows, it = [], iter(verdicts)
+    for problem, samples in zip(part, completions):
+        for i, c in enumerate(samples):
+            rows.append({
+                "problem_id": problem.id, "sample_index": i, "response": c.text, "num_tokens": c.num_tokens,
+                "gold": problem.answer, "level": problem.level, "subject": problem.subject,
+                "verdict": next(it).to_dict(),
+            })
+    return rows
+
+
+def run_shard(cfg, generator=None) -> Path:
+    """Generate and grade this process's shard; returns the shard directory (marked complete)."""
+    run_dir = resolve_output_dir(cfg.output_dir)
+    index = shard_index(cfg)
+    problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
+    mine = shard_problems(problems, index, cfg.num_shards)
+    shard = shard_dir(run_dir, index, cfg.num_shards)
+    shard.mkdir(parents=True, exist_ok=True)
+    if index == 0:
+        write_run_record(run_dir, "eval", cfg)
+    parts = [mine[i:i + cfg.part_size] for i in range(0, len(mine), cfg.part_size)]
+    todo = [i for i in range(len(parts)) if not part_file(shard, i).exists()]
+    if len(todo) < len(parts):
+        logger.info("shard %d: %d of %d parts already finished, skipping them", index, len(parts) - len(todo),
+                    len(parts))
+    if todo:
+        sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_tokens, cfg.seed)
+        pool = GraderPool(workers=cfg.grade_workers)  # workers start while the model loads
+        generator = generator or make_generator(cfg.backend, cfg.model_name_or_path, cfg.model_revision,
+                                                cfg.tensor_parallel_size, cfg.vllm_max_model_length)
+        tokenizer = getattr(generator, "tokenizer", None)
+        done = sum(len(parts[i]) for i in range(len(parts)) if i not in todo)
+        progress = Progress(f"eval shard {index}", len(mine), done, scale=cfg.n, unit="samples")
+        # One grading thread: it feeds the worker processes while this thread generates the next part.
+        grader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grade")
+        pending: Future | None = None
+
+        def grade_and_write(i: int, part: list[Problem], completions: list[list[Completion]]) -> None:
+            flat = [c.text for samples in completions for c in samples]
+            golds = [p.answer for p, samples in zip(part, completions) for _ in samples]
+            verdicts = pool.grade(golds, flat, cfg.answer_extract)
+            write_jsonl(part_file(shard, i), _records(part, completions, verdicts))
+
+        try:
+            for i in todo:
+                part = parts[i]
+                prompts = [format_prompt(cfg.prompt_template, p.problem, tokenizer) for p in part]
+                completions = generator.generate(prompts, [p.id for p in part], sampling)
+                if pending is not None:
+                    pending.result()  # surfaces a grading error; keeps at most one part in flight
+                pending = grader.submit(grade_and_write, i, part, completions)
+                progress.update(len(part))
+            if pending is not None:
+                pending.result()
+        finally:
+            grader.shutdown(wait=True)
+            pool.close()
+            progress.close()
+    mark_complete(shard)
+    logger.info("shard %d of %d complete: %s", index, cfg.num_shards, shard)
+    return shard
+
+
+def merge(cfg) -> dict:
+    """Combine every shard into samples.jsonl and summary.json; refuses missing, incomplete or duplicated shards."""
+    run_dir = resolve_output_dir(cfg.output_dir)
+    missing = [i for i in range(cfg.num_shards) if not is_complete(shard_dir(run_dir, i, cfg.num_shards))]
+    if missing:
+        raise UserError(f"{run_dir}: shard(s) {missing} of {cfg.num_shards} are missing or incomplete; "
+                        "run them (or wait for their pods) before merging")
+    strays = sorted(p.name for p in (run_dir / "shards").iterdir()
+                    if p.name.startswith("shard-") and not p.name.endswith(f"-of-{cfg.num_shards:05d}"))
+    if strays:
+        raise UserError(f"{run_dir}/shards: {strays} belong to a run with a different num_shards; remove them")
+    problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
+    order = {p.id: i for i, p in enumerate(problems)}
+    records, seen = [], {}
+    for index in range(cfg.num_shards):
+        for path in sorted(shard_dir(run_dir, index, cfg.num_shards).glob("part-*.jsonl")):
+            for lineno, rec in read_jsonl(path, required=("problem_id", "sample_index", "response", "verdict")):
+                key = (rec["problem_id"], rec["sample_index"])
+                if key in seen:
+                    raise UserError(f"{path}:{lineno}: sample {key} duplicates {seen[key]}")
+                if rec["problem_id"] not in order:
+                    raise UserError(f"{path}:{lineno}: problem {rec['problem_id']!r} is not in {cfg.dataset_name}")
+                seen[key] = f"{path.name}:{lineno}"
+                records.append(rec)
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec["problem_id"]] = counts.get(rec["problem_id"], 0) + 1
+    short = {pid: counts.get(pid, 0) for pid in order if counts.get(pid, 0) != cfg.n}
+    if short:
+        some = dict(list(short.items())[:5])
+        raise UserError(f"{run_dir}: {len(short)} problem(s) do not have n = {cfg.n} samples, e.g. {some}")
+    records.sort(key=lambda r: (order[r["problem_id"]], r["sample_index"]))
+    try:
+        summary = summarize(samples_from_records(records), ks=cfg.ks)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    summary["run"] = {"model": cfg.model_name_or_path, "dataset": cfg.dataset_name, "n": cfg.n,
+                      "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                      "max_tokens": cfg.max_tokens, "seed": cfg.seed, "prompt_template": cfg.prompt_template,
+                      "answer_extract": cfg.answer_extract}
+    write_jsonl(run_dir / SAMPLES_FILE, records)
+    write_json(run_dir / SUMMARY_FILE, summary)
+    mark_complete(run_dir)
+    logger.info("merged %d samples of %d problems into %s", len(records), len(order), run_dir)
+    return summary
+
+
+def main(cfg) -> dict | None:
+    """``rlvsdistill eval``: run this shard; with a single shard, merge too and return the summary."""
+    run_shard(cfg)
+    if cfg.num_shards == 1:
+        return headline(merge(cfg))
+    return None
+
+
+def merge_main(cfg) -> dict:
+    """``rlvsdistill eval-merge``: merge and return the headline numbers."""
+    return headline(merge(cfg))
+
+
+def headline(summary: dict) -> dict:
+    """The keys a person reads first."""
+    return {k: v for k, v in summary.items() if k.startswith(("problems", "accuracy", "pass@", "maj@", "verdicts"))}
+
+
+def load_summary(run_dir: str | os.PathLike) -> dict:
+    """A finished run's summary.json (errors name the run directory)."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {SUMMARY_FILE} (is the evaluation merged?)")
+    return json.loads(path.read_text())
