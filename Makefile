@@ -10,6 +10,24 @@ TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
+# Cluster: `make submit-grpo IMAGE_TAG=... [CONFIG=...] [CLUSTER=...] [NAMESPACE=...]`
+VERSION := $(shell grep -m1 '^version' pyproject.toml | cut -d'"' -f2)
+GIT_SHA := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+REGISTRY ?=
+IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/)rlvsdistill
+IMAGE_TAG ?= $(GIT_SHA)
+CLUSTER ?= configs/cluster/single-node.yaml
+NAMESPACE ?=
+GRPO_CONFIG ?= configs/paper/grpo_qwen2.5_math_1.5b.yaml
+SFT_CONFIG ?= configs/paper/sft_qwen2.5_math_1.5b.yaml
+EVAL_CONFIG ?= configs/paper/eval_qwen2.5_math_1.5b_math500.yaml
+CONFIG ?=
+RUN ?=
+CRD ?= $(wildcard ../shared/k8s/crds/kubeflow.org_pytorchjobs.yaml)
+RLV := $(VENV)/bin/rlvsdistill
+CLUSTER_ARGS = --cluster $(CLUSTER) $(if $(NAMESPACE),--namespace $(NAMESPACE))
+SUBMIT = $(RLV) submit $(1) --config $(or $(CONFIG),$(2)) --image-tag $(IMAGE_TAG) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD))
+
 .DEFAULT_GOAL := help
 
 .PHONY: help
@@ -42,6 +60,57 @@ bench-grading: $(VENV)/.installed ## grader speed vs the plain serial baseline (
 bench-eval: $(VENV)/.installed ## evaluation pipeline overhead vs generate alone (prints the ratio)
 	$(PY) tests/benchmarks/bench_eval.py
 	$(PY) tests/benchmarks/bench_eval.py --extract free
+
+.PHONY: image
+image: ## build the CUDA image, tagged with the git commit and the VERSION (needs Docker)
+	docker build -f images/Dockerfile --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg VERSION=$(VERSION) \
+	  -t $(IMAGE):$(GIT_SHA) -t $(IMAGE):$(VERSION) .
+
+.PHONY: push
+push: ## push the image to REGISTRY (REGISTRY=registry.example.org/team)
+	@test -n "$(REGISTRY)" || { echo "set REGISTRY=<registry/namespace>"; exit 2; }
+	docker push $(IMAGE):$(GIT_SHA)
+	docker push $(IMAGE):$(VERSION)
+
+.PHONY: lint-image
+lint-image: $(VENV)/.installed ## lint images/Dockerfile with hadolint
+	$(VENV)/bin/hadolint images/Dockerfile
+
+.PHONY: check-image
+check-image: $(VENV)/.installed ## check that the image's pinned set resolves for CUDA / CPython 3.12 (needs PyPI)
+	$(PY) images/check_resolves.py
+
+GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
+
+.PHONY: submit-grpo submit-sft submit-eval submit-generate
+submit-grpo: $(VENV)/.installed ## submit a GRPO run (CONFIG, CLUSTER, IMAGE_TAG, NAMESPACE)
+	$(call SUBMIT,grpo,$(GRPO_CONFIG))
+submit-sft: $(VENV)/.installed ## submit an SFT distillation run
+	$(call SUBMIT,sft,$(SFT_CONFIG))
+submit-eval: $(VENV)/.installed ## submit an evaluation (indexed Job of shards + merge Job)
+	$(call SUBMIT,eval,$(EVAL_CONFIG))
+submit-generate: $(VENV)/.installed ## submit teacher sampling for distillation data
+	$(call SUBMIT,generate,$(GENERATE_CONFIG))
+
+.PHONY: render-grpo render-sft render-eval
+render-grpo: $(VENV)/.installed ## print the GRPO run's YAML (validated, nothing sent)
+	@$(call SUBMIT,grpo,$(GRPO_CONFIG)) --dry-run
+render-sft: $(VENV)/.installed ## print the SFT run's YAML
+	@$(call SUBMIT,sft,$(SFT_CONFIG)) --dry-run
+render-eval: $(VENV)/.installed ## print the evaluation's YAML
+	@$(call SUBMIT,eval,$(EVAL_CONFIG)) --dry-run
+
+.PHONY: status logs cancel
+status: $(VENV)/.installed ## show a run (RUN=name)
+	$(RLV) status $(RUN) $(CLUSTER_ARGS)
+logs: $(VENV)/.installed ## follow a run's logs (RUN=name)
+	$(RLV) logs $(RUN) -f $(CLUSTER_ARGS)
+cancel: $(VENV)/.installed ## delete a run's objects and pods (RUN=name)
+	$(RLV) cancel $(RUN) $(CLUSTER_ARGS)
+
+.PHONY: k8s-examples
+k8s-examples: $(VENV)/.installed ## re-render the golden manifests in k8s/examples/ from configs/paper/
+	$(PY) -m rlvsdistill.cluster.examples
 
 .PHONY: clean
 clean: ## remove the environment and caches

@@ -138,6 +138,93 @@ def _run_report(args) -> int:
     return 0
 
 
+def _add_cluster_commands(sub) -> None:
+    def cluster_args(p):
+        p.add_argument("--cluster", help="cluster settings YAML (configs/cluster/); default: built-in defaults")
+        p.add_argument("--namespace", help="override the settings' namespace")
+        p.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+    p = sub.add_parser("submit", help="render, validate and create a run's Kubernetes objects",
+                       description="Render the run's objects from its config and the cluster settings, validate "
+                       "them against the Kubernetes and PyTorchJob schemas, then create them (or print with "
+                       "--dry-run).")
+    p.add_argument("kind", choices=("grpo", "sft", "generate", "eval"))
+    p.add_argument("--config", required=True, help="job config YAML (configs/paper/, configs/cpu/, ...)")
+    p.add_argument("--image-tag", help="tag of the rlvsdistill image to run (required)")
+    p.add_argument("--name", help="run name (default: from the kind and the config file name)")
+    p.add_argument("--dry-run", action="store_true", help="print the YAML and send nothing")
+    p.add_argument("--replace", action="store_true", help="delete a run of the same name first")
+    p.add_argument("--crd", help="PyTorchJob CRD YAML to validate against (default: read from the cluster)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a job config key")
+    cluster_args(p)
+    p.set_defaults(func=_run_submit)
+    for name, help_text in (("status", "show a run's objects and pods"), ("logs", "print a run's logs"),
+                            ("cancel", "delete a run's objects and pods")):
+        q = sub.add_parser(name, help=help_text)
+        q.add_argument("run", help="run name")
+        if name == "logs":
+            q.add_argument("-f", "--follow", action="store_true", help="stream the first pod's log")
+            q.add_argument("-c", "--container", help="container (default: the pod's main one)")
+        cluster_args(q)
+        q.set_defaults(func=_run_run_command, command_name=name)
+
+
+def _settings(args):
+    import dataclasses
+
+    from .cluster.settings import load_settings
+
+    settings = load_settings(args.cluster)
+    return dataclasses.replace(settings, namespace=args.namespace) if args.namespace else settings
+
+
+def _run_submit(args) -> int:
+    import os
+
+    from .cluster.render import prepare_run, render_objects, to_yaml
+    from .cluster.validate import CRD_ENV, crd_schema_from_file, validate_objects
+
+    settings = _settings(args)
+    run = prepare_run(args.kind, args.config, args.overrides, settings, args.image_tag, args.name, args.cluster)
+    crd_path = args.crd or os.environ.get(CRD_ENV)
+    schema = crd_schema_from_file(crd_path) if crd_path else None
+    if args.dry_run:
+        objects = render_objects(run)
+        if schema is None and any(o["kind"] == "PyTorchJob" for o in objects):
+            print(f"note: PyTorchJob not checked against its CRD (pass --crd FILE or set ${CRD_ENV})",
+                  file=sys.stderr)
+            objects_to_check = [o for o in objects if o["kind"] != "PyTorchJob"]
+        else:
+            objects_to_check = objects
+        problems = validate_objects(objects_to_check, settings.kubernetes_version, schema)
+        if problems:
+            raise UserError("the rendered objects do not validate:\n  " + "\n  ".join(problems))
+        sys.stdout.write(to_yaml(run, objects))
+        return 0
+    from .cluster.submit import Cluster, submit
+
+    created = submit(run, Cluster(settings.namespace, args.context), args.replace, schema)
+    print(f"run '{run.name}' submitted ({', '.join(created)}); image {run.image}, config hash {run.config_hash}")
+    print(f"follow it:  rlvsdistill logs {run.name} -f" + (f" --cluster {args.cluster}" if args.cluster else ""))
+    print(f"   or:      kubectl -n {settings.namespace} logs -f -l rlvsdistill.io/run={run.name}")
+    return 0
+
+
+def _run_run_command(args) -> int:
+    from .cluster import submit as api
+
+    settings = _settings(args)
+    cluster = api.Cluster(settings.namespace, args.context)
+    if args.command_name == "status":
+        print(json.dumps(api.status(args.run, cluster), indent=2))
+    elif args.command_name == "logs":
+        api.logs(args.run, cluster, follow=args.follow, container=args.container)
+    else:
+        deleted = api.cancel(args.run, cluster)
+        print(f"deleted {', '.join(deleted)}" if deleted else f"no run '{args.run}' in {settings.namespace}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvsdistill", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -146,12 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     for name in CONFIG_COMMANDS:
         _add_config_command(sub, name)
     _add_report(sub)
+    _add_cluster_commands(sub)
     _add_tiny_model(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # KEY=VALUE overrides may follow options too (`submit grpo --config F --image-tag T lr=1e-6`), which
+    # argparse alone does not collect once an earlier positional was matched.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

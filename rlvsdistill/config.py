@@ -125,6 +125,9 @@ class EvalConfig(SamplingFields, ProjectFields):
     answer_extract: str = field(default="box", metadata={"help": "box (the paper's 'with format'), box+fallback, free"})
     ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
     grade_workers: int | None = field(default=None, metadata={"help": "grading processes (default: CPUs)"})
+    merge_wait_seconds: int = field(
+        default=0, metadata={"help": "eval-merge waits up to this long for every shard to finish (a merge Job)"}
+    )
 
 
 CONFIG_CLASSES = {"grpo": GRPORunConfig, "sft": SFTRunConfig, "generate": GenerateConfig, "eval": EvalConfig}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -124,7 +125,13 @@ def run_shard(cfg, generator=None) -> Path:
 def merge(cfg) -> dict:
     """Combine every shard into samples.jsonl and summary.json; refuses missing, incomplete or duplicated shards."""
     run_dir = resolve_output_dir(cfg.output_dir)
-    missing = [i for i in range(cfg.num_shards) if not is_complete(shard_dir(run_dir, i, cfg.num_shards))]
+    deadline = time.monotonic() + cfg.merge_wait_seconds
+    while True:
+        missing = [i for i in range(cfg.num_shards) if not is_complete(shard_dir(run_dir, i, cfg.num_shards))]
+        if not missing or time.monotonic() >= deadline:
+            break
+        logger.info("waiting for shard(s) %s of %d to finish", missing, cfg.num_shards)
+        time.sleep(min(30.0, max(0.1, deadline - time.monotonic())))
     if missing:
         raise UserError(f"{run_dir}: shard(s) {missing} of {cfg.num_shards} are missing or incomplete; "
                         "run them (or wait for their pods) before merging")

@@ -1,0 +1,90 @@
+"""Where and how jobs run on a cluster: namespace, volume, GPUs per job, secrets, queue (``configs/cluster/*.yaml``).
+
+Kept apart from the job configs, so one GRPO config runs on any cluster; both are hashed into each run's labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+from ..config import coerce_numbers, read_yaml
+from ..io import UserError
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+
+
+@dataclass
+class ClusterSettings:
+    """A cluster's settings; every field has a default except what only the user can know."""
+
+    namespace: str = field(default="rlvsdistill", metadata={"help": "namespace of every object"})
+    kubernetes_version: str = field(default="1.33", metadata={"help": "API version the objects are validated for"})
+    image_repository: str = field(default="rlvsdistill", metadata={"help": "image name, with its registry"})
+    pvc: str = field(default="rlvsdistill-data", metadata={"help": "ReadWriteMany PVC for checkpoints and results"})
+    mount_path: str = field(default="/data", metadata={"help": "where the PVC is mounted in every pod"})
+    service_account: str | None = field(default=None, metadata={"help": "service account of the job pods"})
+    queue: str | None = field(default=None, metadata={"help": "Kueue LocalQueue (label kueue.x-k8s.io/queue-name)"})
+    priority_class: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    gpu_resource: str = "nvidia.com/gpu"
+    hf_token_secret: str | None = field(default=None, metadata={"help": "existing Secret with key 'token'"})
+    wandb_secret: str | None = field(default=None, metadata={"help": "existing Secret with key 'api-key'"})
+    shm_size: str = field(default="64Gi", metadata={"help": "size of the memory-backed /dev/shm"})
+    hf_cache_size: str = field(default="200Gi", metadata={"help": "node-local Hugging Face cache (emptyDir)"})
+    cpu_per_gpu: int = 8
+    memory_per_gpu: str = "80Gi"
+    backoff_limit: int = field(default=3, metadata={"help": "pod restarts before a run fails (each resumes)"})
+    ttl_seconds_after_finished: int | None = 604800
+    grpo_nodes: int = field(default=1, metadata={"help": "1: a batch Job; more: a PyTorchJob"})
+    grpo_gpus_per_node: int = 8
+    vllm_gpus: int = field(default=1, metadata={"help": "GPUs of the vLLM server sidecar (on the first node)"})
+    vllm_port: int = 8000
+    vllm_gpu_memory_utilization: float = 0.9
+    vllm_startup_seconds: int = field(default=1800, metadata={"help": "how long the sidecar may take to load"})
+    sft_nodes: int = 1
+    sft_gpus_per_node: int = 8
+    eval_parallelism: int = field(default=4, metadata={"help": "evaluation shards running at once"})
+    merge_wait_seconds: int = field(default=86400, metadata={"help": "how long the merge Job waits for shards"})
+
+
+def check_settings(values: dict) -> list[str]:
+    """Every problem with raw cluster settings, one line each with its key."""
+    names = {f.name for f in dataclasses.fields(ClusterSettings)}
+    problems = [f"{k}: unknown key for cluster settings" for k in values if k not in names]
+    problems += coerce_numbers(ClusterSettings, values)
+    for key in ("namespace", "pvc"):
+        value = values.get(key, getattr(ClusterSettings, key, None) or "x")
+        if not isinstance(value, str) or not DNS_LABEL.fullmatch(value) or len(value) > 63:
+            problems.append(f"{key}: {value!r} is not a valid Kubernetes name (lower case, digits, '-')")
+    for key in ("grpo_nodes", "grpo_gpus_per_node", "sft_nodes", "sft_gpus_per_node", "eval_parallelism",
+                "cpu_per_gpu"):
+        value = values.get(key, 1)
+        if not isinstance(value, int) or value < 1:
+            problems.append(f"{key}: must be a positive integer, got {value!r}")
+    vllm = values.get("vllm_gpus", 1)
+    gpus = values.get("grpo_gpus_per_node", 8)
+    if not isinstance(vllm, int) or vllm < 0:
+        problems.append(f"vllm_gpus: must be 0 or more, got {vllm!r}")
+    elif isinstance(gpus, int) and vllm >= gpus:
+        problems.append(f"vllm_gpus: {vllm} leaves no GPU for the trainer (grpo_gpus_per_node = {gpus})")
+    for key in ("shm_size", "hf_cache_size", "memory_per_gpu"):
+        value = values.get(key, "1Gi")
+        if not isinstance(value, str) or not QUANTITY.match(value):
+            problems.append(f"{key}: {value!r} is not a Kubernetes quantity (e.g. 64Gi)")
+    for key in ("backoff_limit",):
+        if not isinstance(values.get(key, 0), int) or values.get(key, 0) < 0:
+            problems.append(f"{key}: must be 0 or more")
+    return problems
+
+
+def load_settings(path: str | None) -> ClusterSettings:
+    """Cluster settings from a YAML file (defaults when ``path`` is None); UserError lists every problem."""
+    values = read_yaml(path) if path else {}
+    problems = check_settings(values)
+    if problems:
+        raise UserError(f"{path}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return ClusterSettings(**values)
