@@ -44,6 +44,10 @@ $(VENV)/.installed: pyproject.toml
 .PHONY: venv
 venv: $(VENV)/.installed ## create the CPU environment in .venv (torch CPU wheel first, then the pinned set)
 
+.PHONY: demo
+demo: $(VENV)/.installed ## the whole study in miniature on one CPU (DEMO_ARGS=--fresh to start over)
+	$(VENV)/bin/rlvsdistill demo $(DEMO_ARGS)
+
 .PHONY: test
 test: $(VENV)/.installed ## run the test suite on CPU (installs what it needs)
 	$(PY) -m pytest $(PYTEST_ARGS)

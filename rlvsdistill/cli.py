@@ -110,13 +110,22 @@ def _add_tiny_model(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hidden-size", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--corpus", help="text file (one document per line) to train the tokenizer on "
+                   "(default: built-in arithmetic and prompt-template text)")
     p.set_defaults(func=_run_tiny_model)
 
 
 def _run_tiny_model(args) -> int:
     from .tiny_model import build_tiny_model
 
-    out = build_tiny_model(args.out, seed=args.seed, hidden_size=args.hidden_size, layers=args.layers)
+    corpus = None
+    if args.corpus:
+        try:
+            with open(args.corpus, encoding="utf-8") as f:
+                corpus = [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as exc:
+            raise UserError(f"--corpus: {args.corpus}: {exc.strerror}") from None
+    out = build_tiny_model(args.out, seed=args.seed, hidden_size=args.hidden_size, layers=args.layers, corpus=corpus)
     print(f"wrote {out}")
     return 0
 
@@ -225,6 +234,20 @@ def _run_run_command(args) -> int:
     return 0
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the study in miniature on one CPU (base, distillation, GRPO, eval, report)")
+    p.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
+    p.add_argument("--quick", action="store_true", help="a few steps of each stage (what CI runs)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run
+
+    run(fresh=args.fresh, quick=args.quick)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvsdistill", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -234,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_command(sub, name)
     _add_report(sub)
     _add_cluster_commands(sub)
+    _add_demo(sub)
     _add_tiny_model(sub)
     return parser
 

@@ -1,0 +1,156 @@
+"""The study in miniature on one CPU: base -> distillation and GRPO -> evaluation -> report.
+
+The task is synthetic and exactly gradable: "Compute 7 - 1 + 5." with 1 to 4 operations on digits (the level),
+answered step by step and then in ``\\boxed{}``. A tiny Qwen2 "base" is pre-trained briefly on solutions, so it
+solves some problems some of the time (capability before RL); a "teacher" of the same size is trained longer.
+Then, with the same commands and config keys as on a cluster (``configs/demo/``): the teacher's correct samples on
+the training split are distilled into the base (``generate`` + ``sft``), GRPO trains the base with the grader as
+reward (``grpo``), the three models are evaluated with n samples per held-out problem (``eval``) and compared
+(``report``). Each stage is a subprocess whose log goes to ``<root>/demo/logs/``; a stage whose completion marker
+exists is skipped, so an interrupted demo resumes where it stopped.
+
+Run: ``make demo`` (or ``rlvsdistill demo [--fresh] [--quick]``).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .io import UserError, atomic_open, write_jsonl
+from .paths import volume_root
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+LEVELS = (1, 2, 3, 4)
+
+
+def make_problem(rng: random.Random, level: int) -> dict:
+    """One problem of ``level`` operations, with its gold answer and a step-by-step solution."""
+    nums = [rng.randint(1, 9) for _ in range(level + 1)]
+    value, expr, steps = nums[0], str(nums[0]), []
+    for n in nums[1:]:
+        op = rng.choice("+-")
+        new = value + n if op == "+" else value - n
+        steps.append(f"{value} {op} {n} = {new}.")
+        expr += f" {op} {n}"
+        value = new
+    return {"problem": f"Compute {expr}.", "answer": str(value), "level": level, "subject": "arithmetic",
+            "solution": " " + " ".join(steps) + f" The answer is \\boxed{{{value}}}."}
+
+
+def write_task(out: Path, seed: int = 0, pretrain: int = 2000, train: int = 1000, test: int = 200) -> None:
+    """The task's files: pre-training pairs (base and teacher), the training problems, the held-out problems.
+
+    The splits are disjoint: a problem text that appears in one split is never drawn into another.
+    """
+    rng = random.Random(seed)
+    seen: set[str] = set()
+
+    def draw(count: int) -> list[dict]:
+        rows = []
+        while len(rows) < count:
+            p = make_problem(rng, rng.choice(LEVELS))
+            if p["problem"] not in seen:
+                seen.add(p["problem"])
+                rows.append(p)
+        return rows
+
+    test_rows, train_rows, pretrain_rows = draw(test), draw(train), draw(pretrain)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "pretrain.jsonl", [{"prompt": p["problem"], "completion": p["solution"]} for p in pretrain_rows])
+    for name, rows in (("train.jsonl", train_rows), ("test.jsonl", test_rows)):
+        write_jsonl(out / name, [{"unique_id": f"{name.split('.')[0]}/{i}", "problem": p["problem"],
+                                  "answer": p["answer"], "level": p["level"], "subject": p["subject"]}
+                                 for i, p in enumerate(rows)])
+    with atomic_open(out / "corpus.txt") as f:
+        for p in pretrain_rows:
+            f.write(p["problem"] + p["solution"] + "\n")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the demo: an `rlvsdistill` command line, and the file that says it finished."""
+
+    name: str
+    args: list[str]
+    done: str  # relative to the demo directory
+    quick: list[str] = field(default_factory=list)  # overrides for --quick
+
+
+def stages(demo: Path) -> list[Stage]:
+    """The demo's steps, in order; paths are rooted at ``demo``."""
+    d = str(demo)
+
+    def cfg(name: str) -> list[str]:
+        return ["--config", str(CONFIGS / f"{name}.yaml")]
+
+    def model(stage: str) -> str:
+        return f"model_name_or_path={d}/{stage}/final"
+
+    def evaluation(name: str, model_dir: str) -> Stage:
+        return Stage(f"eval-{name}", ["eval", *cfg("eval"), f"model_name_or_path={d}/{model_dir}",
+                                      f"dataset_name={d}/task/test.jsonl", f"output_dir={d}/eval-{name}"],
+                     f"eval-{name}/.complete", ["max_problems=24", "n=4"])
+
+    return [
+        Stage("base-init", ["tiny-model", "--out", f"{d}/base-init", "--seed", "0", "--corpus",
+                            f"{d}/task/corpus.txt"], "base-init/model.safetensors"),
+        Stage("teacher-init", ["tiny-model", "--out", f"{d}/teacher-init", "--seed", "1", "--corpus",
+                               f"{d}/task/corpus.txt"], "teacher-init/model.safetensors"),
+        Stage("base", ["sft", *cfg("sft_base"), f"model_name_or_path={d}/base-init",
+                       f"dataset_name={d}/task/pretrain.jsonl", f"output_dir={d}/base"], "base/final/.complete",
+              ["max_steps=60"]),
+        Stage("teacher", ["sft", *cfg("sft_teacher"), f"model_name_or_path={d}/teacher-init",
+                          f"dataset_name={d}/task/pretrain.jsonl", f"output_dir={d}/teacher"],
+              "teacher/final/.complete", ["max_steps=120"]),
+        Stage("distill-data", ["generate", *cfg("generate_teacher"), model("teacher"),
+                               f"dataset_name={d}/task/train.jsonl", f"output_file={d}/distill.jsonl"],
+              "distill.jsonl", ["max_problems=24"]),
+        Stage("distilled", ["sft", *cfg("sft_distill"), model("base"), f"dataset_name={d}/distill.jsonl",
+                            f"output_dir={d}/distilled"], "distilled/final/.complete", ["max_steps=10"]),
+        Stage("grpo", ["grpo", *cfg("grpo"), model("base"), f"dataset_name={d}/task/train.jsonl",
+                       f"output_dir={d}/grpo"], "grpo/final/.complete", ["max_steps=4"]),
+        evaluation("base", "base/final"),
+        evaluation("distilled", "distilled/final"),
+        evaluation("grpo", "grpo/final"),
+        Stage("report", ["report", f"{d}/eval-base", f"{d}/eval-distilled", f"{d}/eval-grpo", "--out",
+                         f"{d}/report"], "report/report.md"),
+    ]
+
+
+def run(fresh: bool = False, quick: bool = False, out=sys.stdout) -> Path:
+    """Run every unfinished stage in order; returns the report's path."""
+    demo = volume_root().resolve() / ("demo-quick" if quick else "demo")
+    if fresh and demo.exists():
+        shutil.rmtree(demo)
+    logs = demo / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    if not (demo / "task" / "test.jsonl").exists():
+        write_task(demo / "task", **({"pretrain": 300, "train": 48, "test": 24} if quick else {}))
+    plan = stages(demo)
+    for i, stage in enumerate(plan, 1):
+        label = f"[{i}/{len(plan)}] {stage.name}"
+        if (demo / stage.done).exists():  # a completion marker, or an output written atomically
+            print(f"{label}: done earlier, skipped", file=out, flush=True)
+            continue
+        args = stage.args + (stage.quick if quick else [])
+        print(f"{label}: rlvsdistill {' '.join(args)}", file=out, flush=True)
+        t0 = time.monotonic()
+        log = logs / f"{stage.name}.log"
+        with open(log, "w") as f:
+            proc = subprocess.run([sys.executable, "-m", "rlvsdistill", *args], stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            tail = log.read_text().splitlines()[-25:]
+            raise UserError(f"stage {stage.name} failed (exit {proc.returncode}); last lines of {log}:\n"
+                            + "\n".join(tail))
+        print(f"{label}: finished in {time.monotonic() - t0:.0f}s", file=out, flush=True)
+    report = demo / "report" / "report.md"
+    print(f"\ndemo finished in {time.monotonic() - start:.0f}s; report: {report}\n", file=out)
+    print(report.read_text().split("## pass@k")[0], file=out)
+    return report

@@ -1,0 +1,69 @@
+"""The demo pipeline end to end at reduced size (`rlvsdistill demo --quick`): every stage's artifacts, the report's
+numbers against the result files, and a second run that reuses every finished stage."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from rlvsdistill.demo import make_problem, write_task
+
+
+def test_task_is_exactly_gradable_and_splits_are_disjoint(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        p = make_problem(rng, rng.choice((1, 2, 3, 4)))
+        assert eval(p["problem"][len("Compute "):-1]) == int(p["answer"])  # the gold answer is the true value
+        assert p["solution"].endswith(f"\\boxed{{{p['answer']}}}.")
+    write_task(tmp_path, pretrain=300, train=50, test=30)
+    splits = {name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+              for name in ("train", "test")}
+    pretrain = [json.loads(line)["prompt"] for line in (tmp_path / "pretrain.jsonl").read_text().splitlines()]
+    test_problems = {r["problem"] for r in splits["test"]}
+    assert not test_problems & {r["problem"] for r in splits["train"]} and not test_problems & set(pretrain)
+    assert {r["level"] for r in splits["test"]} == {1, 2, 3, 4}
+
+
+@pytest.mark.slow
+def test_quick_demo_killed_midway_resumes_and_ends_with_a_true_report(tmp_path):
+    env = {**os.environ, "RLVSDISTILL_ROOT": str(tmp_path)}
+    cmd = [sys.executable, "-m", "rlvsdistill", "demo", "--quick"]
+    demo = tmp_path / "demo-quick"
+    # Kill the whole demo (the runner and its stage's process) once its third stage has finished.
+    first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not (demo / "base" / "final" / ".complete").exists():
+        assert first.poll() is None and time.monotonic() < deadline, "the demo stopped before its third stage"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not (demo / "report" / "report.md").exists()
+
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    for stage in ("base-init", "teacher-init", "base"):
+        assert f"{stage}: done earlier, skipped" in second.stdout  # finished stages are not redone
+    for artifact in ("task/test.jsonl", "teacher/final/.complete", "distill.jsonl", "distilled/final/.complete",
+                     "grpo/final/.complete", "eval-base/.complete", "eval-distilled/.complete",
+                     "eval-grpo/.complete", "report/report.md", "report/pass_at_k.png", "report/success_by_bin.png"):
+        assert (demo / artifact).exists(), artifact
+    md = (demo / "report" / "report.md").read_text()
+    for run in ("eval-base", "eval-distilled", "eval-grpo"):
+        summary = json.loads((demo / run / "summary.json").read_text())
+        row = re.search(rf"^\| {run} \| [^|]+ \| (\d+) \| (\d+) \| ([\d.]+) \| ([\d.]+) \|", md, re.M)
+        assert row and int(row[1]) == summary["problems"] == 24
+        assert row[3] == f"{summary['accuracy']:.3f}"  # the table shows the result file's value
+        assert row[4] == f"{summary['pass@k:k=4&n=4']:.3f}"
+    assert "demo finished" in second.stdout and "| eval-grpo |" in second.stdout  # the headline table is printed
+
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 11  # nothing is redone
