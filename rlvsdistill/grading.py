@@ -492,16 +492,6 @@ def shared_pool() -> GraderPool:
     return _shared_pool
 
 
-def grade_responses(
-    golds: Sequence[str],
-    responses: Sequence[str],
-    mode: ExtractMode = "box",
-    pool: GraderPool | None = None,
-) -> list[Verdict]:
-    """Grade responses against gold answers (the batch API); uses the shared pool unless one is given."""
-    return (pool or shared_pool()).grade(golds, responses, mode=mode)
-
-
 def count_statuses(verdicts: Iterable[Verdict]) -> dict[str, int]:
     """Count verdicts by status, every status present (zeros included)."""
     counts = {s.value: 0 for s in Status}
