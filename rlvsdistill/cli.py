@@ -51,6 +51,8 @@ def _add_grade(sub) -> None:
     p.add_argument("--item-timeout", type=float, default=10.0, help="hard wall-clock bound per answer, seconds")
     p.add_argument("--k", type=_parse_ks, help="pass@k values, e.g. 1,8,64 (default: 1,2,4,...,n)")
     p.add_argument("--bins", type=_parse_bins, help="difficulty bins of the correct count, e.g. 0,1-4,5-16,17-256")
+    p.add_argument("--tokenizer", help="tokenizer (model directory or Hub id) to measure lengths in tokens "
+                   "(default: the records' num_tokens if every record has one, else characters)")
     p.set_defaults(func=_run_grade)
 
 
@@ -60,7 +62,7 @@ def _run_grade(args) -> int:
 
     summary = grade_file(
         args.input, args.out, args.problems, mode=args.extract, settings=GraderSettings(order=args.order),
-        workers=args.workers, item_timeout=args.item_timeout, ks=args.k, bins=args.bins,
+        workers=args.workers, item_timeout=args.item_timeout, ks=args.k, bins=args.bins, tokenizer=args.tokenizer,
     )
     headline = {k: v for k, v in summary.items() if k.startswith(("accuracy", "pass@", "maj@", "verdicts", "problems"))}
     print(json.dumps(headline, indent=2))

@@ -106,8 +106,12 @@ def grade_file(
     item_timeout: float = 10.0,
     ks: Sequence[int] | None = None,
     bins: Sequence[Bin] | None = None,
+    tokenizer: str | None = None,
 ) -> dict:
-    """Grade a JSONL of responses; write ``verdicts.jsonl`` and ``summary.json`` to ``out_dir``; return the summary."""
+    """Grade a JSONL of responses; write ``verdicts.jsonl`` and ``summary.json`` to ``out_dir``; return the summary.
+
+    With ``tokenizer``, every record's ``num_tokens`` is measured with it, so lengths are reported in tokens.
+    """
     problems = load_problems_jsonl(problems_path) if problems_path else None
     records = load_response_records(input_path, problems)
     out_dir = Path(out_dir)
@@ -127,6 +131,8 @@ def grade_file(
         except ValueError as exc:
             raise UserError(f"--bins: {exc}") from None
     progress = Progress("grading", total=0, unit="answers", every=5.0)
+    if tokenizer:
+        count_tokens(records, tokenizer)
     with GraderPool(workers=workers, item_timeout=item_timeout, settings=settings) as pool:
         attach_verdicts(records, mode, pool, progress.callback)
     progress.close()
@@ -138,6 +144,21 @@ def grade_file(
     write_jsonl(out_dir / "verdicts.jsonl", records)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def count_tokens(records: list[dict], tokenizer: str) -> None:
+    """Set each record's ``num_tokens`` to its response's length under ``tokenizer`` (no special tokens)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise UserError("--tokenizer needs transformers (pip install 'rlvsdistill[train]')") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--tokenizer: cannot load {tokenizer!r} ({exc})") from None
+    lengths = tok([r["response"] for r in records], add_special_tokens=False)["input_ids"]
+    for rec, ids in zip(records, lengths):
+        rec["num_tokens"] = len(ids)
 
 
 def _group_sizes(records: Sequence[dict]) -> dict[str, list[int]]:

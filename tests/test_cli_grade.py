@@ -61,3 +61,16 @@ def test_k_above_n_fails_before_grading(tmp_path, capsys):
 def test_missing_input_file(tmp_path, capsys):
     assert main(["grade", str(tmp_path / "absent.jsonl"), "--out", str(tmp_path / "out")]) == 2
     assert "absent.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_lengths_in_tokens_with_a_tokenizer(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    responses = ["Compute 3 + 4 = 7, so \\\\boxed{7}", "\\\\boxed{8}"]
+    inp = write_lines(tmp_path / "r.jsonl", [f'{{"gold": "7", "response": "{r}"}}' for r in responses])
+    assert main(["grade", str(inp), "--out", str(tmp_path / "out"), "--tokenizer", str(tiny_model)]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    lengths = [len(tok(json.loads(f'"{r}"'), add_special_tokens=False)["input_ids"]) for r in responses]
+    assert summary["length_unit"] == "tokens"
+    assert summary["length"] == {"mean": sum(lengths) / 2, "mean_correct": lengths[0], "mean_wrong": lengths[1]}
