@@ -16,11 +16,12 @@ from typing import Any
 import yaml
 from trl import GRPOConfig, SFTConfig
 
+from .data import PROMPT_TEMPLATES
+from .grading import EXTRACT_MODES
 from .io import UserError
 
-PROMPT_TEMPLATE_NAMES = ("qwen_math", "r1", "question_only", "chat")  # data.PROMPT_TEMPLATES; kept light to import
+PROMPT_TEMPLATE_NAMES = (*PROMPT_TEMPLATES, "chat")
 REWARD_SCALES = ("plus_minus_one", "binary")
-EXTRACT_MODES = ("box", "box+fallback", "free")
 
 
 @dataclass
