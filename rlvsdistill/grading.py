@@ -426,15 +426,21 @@ class GraderPool:
         def dispatch(w: _Worker) -> None:
             if queue and not w.pending:
                 chunk = queue.popleft()
+                try:
+                    w.conn.send(chunk)
+                except (BrokenPipeError, OSError):  # it died while idle: a new worker takes the chunk
+                    queue.appendleft(chunk)
+                    dispatch(replace(w, Status.PARSE_ERROR, "grading worker died"))
+                    return
                 w.pending.extend(tid for tid, _ in chunk)
                 w.since = time.monotonic()
-                w.conn.send(chunk)
 
-        def replace(w: _Worker, reason_status: Status, error: str) -> None:
+        def replace(w: _Worker, reason_status: Status, error: str) -> _Worker:
             nonlocal done
-            stuck = w.pending.popleft()
-            results[stuck] = (reason_status.value, None, error, False)
-            done += 1
+            if w.pending:  # a worker can also die idle, having answered everything it was sent
+                stuck = w.pending.popleft()
+                results[stuck] = (reason_status.value, None, error, False)
+                done += 1
             rest = [(tid, tasks[tid]) for tid in w.pending]
             if rest:
                 queue.appendleft(rest)
@@ -444,6 +450,7 @@ class GraderPool:
             self.killed_workers += 1
             fresh = self._start_worker()
             self._workers[self._workers.index(w)] = fresh
+            return fresh
 
         for w in self._workers:
             dispatch(w)

@@ -170,3 +170,16 @@ def test_rational_literal_shortcut_agrees_with_math_verify(gold, answer, status)
     assert quick is not None and quick[0] == status
     slow = _WorkerGrader(GraderSettings()).grade(_Task(gold, "answer", answer))
     assert slow[0] == status
+
+
+def test_a_worker_that_died_idle_is_replaced():
+    """A worker killed between calls (say by the OOM killer) must not lose or fail the next batch."""
+    with GraderPool(workers=2, item_timeout=10) as p:
+        assert [v.status for v in p.grade(["1"], ["\\boxed{1}"])] == [Status.CORRECT]
+        for w in p._workers:
+            w.process.kill()
+            w.process.join()
+        # Expressions, not integer literals: these must reach a worker.
+        verdicts = p.grade([f"x+{i}" for i in range(6)], [f"\\boxed{{{i}+x}}" for i in range(6)])
+        assert [v.status for v in verdicts] == [Status.CORRECT] * 6
+        assert p.killed_workers >= 1
