@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -61,18 +62,12 @@ def load_response_records(path: str | os.PathLike, problems: Sequence[Problem] |
 
 def attach_verdicts(
     records: list[dict],
-    mode: ExtractMode = "box+fallback",
-    pool: GraderPool | None = None,
+    mode: ExtractMode,
+    pool: GraderPool,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Grade each record's response against its gold answer; adds the verdict fields to each record."""
-    own = pool is None
-    pool = pool or GraderPool()
-    try:
-        verdicts = pool.grade([r["gold"] for r in records], [r["response"] for r in records], mode, progress)
-    finally:
-        if own:
-            pool.close()
+    verdicts = pool.grade([r["gold"] for r in records], [r["response"] for r in records], mode, progress)
     for rec, v in zip(records, verdicts):
         rec["verdict"] = v.to_dict()
     return records
@@ -122,7 +117,7 @@ def grade_file(
     if not os.access(out_dir, os.W_OK):
         raise UserError(f"{out_dir}: output directory is not writable")
     # Validate the metric parameters before the (long) grading.
-    n = min(len(g) for g in _group_sizes(records).values())
+    n = min(Counter(str(r["problem_id"]) for r in records).values())
     if ks and max(ks) > n:
         raise UserError(f"pass@k with k = {max(ks)} needs at least that many samples per problem; n = {n}")
     if bins:
@@ -159,10 +154,3 @@ def count_tokens(records: list[dict], tokenizer: str) -> None:
     lengths = tok([r["response"] for r in records], add_special_tokens=False)["input_ids"]
     for rec, ids in zip(records, lengths):
         rec["num_tokens"] = len(ids)
-
-
-def _group_sizes(records: Sequence[dict]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        groups.setdefault(str(r["problem_id"]), []).append(i)
-    return groups

@@ -96,3 +96,10 @@ def test_numbers_written_without_a_dot_are_numbers(tmp_path, tiny_model):
     cfg.write_text(cfg.read_text().replace("learning_rate: 1e-6", "learning_rate: fast"))
     with pytest.raises(UserError, match="learning_rate: expected a number, got 'fast'"):
         load_config("grpo", cfg)
+
+
+def test_missing_student_results_is_named(tmp_path, tiny_model, capsys):
+    gen = write_yaml(tmp_path / "gen.yaml", {"model_name_or_path": str(tiny_model), "output_file": "o.jsonl",
+                                             "student_results": "/nonexistent/summary.json"})
+    assert main(["generate", "--config", str(gen)]) == 2
+    assert "student_results: /nonexistent/summary.json does not exist" in capsys.readouterr().err
