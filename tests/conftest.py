@@ -86,3 +86,43 @@ def teacher(tmp_path_factory, tiny_model, sevens):
     cfg = load_config("sft", write_yaml(d / "sft.yaml", sft_values(tiny_model, sevens / "sft.jsonl", d / "out")))
     main(cfg)
     return d / "out"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A real control plane (tests/controlplane.py), started once per session by the tests that ask for it
+# ---------------------------------------------------------------------------------------------------------
+
+GPU_NODES = ("gpu-node-0", "gpu-node-1")
+_CONTROL_PLANE_START = []
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory):
+    """etcd + apiserver + controller-manager + scheduler on loopback, two fake 8-GPU nodes, the PyTorchJob CRD.
+    Skips (saying why) where no binaries exist; every process group is killed at the end, even on failure."""
+    from controlplane import ControlPlane, Unavailable, find_binaries
+
+    import time
+
+    t0 = time.monotonic()
+    root = tmp_path_factory.mktemp("controlplane")
+    try:
+        bindir = find_binaries(SHARED / "k8s" / "bin", root / "bin")
+    except Unavailable as exc:
+        pytest.skip(f"no Kubernetes control plane: {exc}")
+    cp = ControlPlane(bindir, root)
+    try:
+        cp.start()
+        for node in GPU_NODES:
+            cp.add_gpu_node(node)
+        cp.install_crd(need(SHARED / "k8s" / "crds" / "kubeflow.org_pytorchjobs.yaml"))
+        _CONTROL_PLANE_START.append((time.monotonic() - t0, cp.started_in))
+        yield cp
+    finally:
+        cp.stop()
+
+
+def pytest_terminal_summary(terminalreporter):
+    for total, processes in _CONTROL_PLANE_START:
+        terminalreporter.write_line(f"control plane fixture: {total:.1f}s (unpack, certificates, nodes, CRD); "
+                                    f"etcd + apiserver + controller-manager + scheduler ready in {processes:.1f}s")
