@@ -74,7 +74,7 @@ def grpo_run(settings=None, overrides=(), tag="t1"):
 
 def test_grpo_job_splits_gpus_and_runs_vllm_as_native_sidecar():
     settings = ClusterSettings(grpo_gpus_per_node=8, vllm_gpus=2)
-    _, job = render_objects(grpo_run(settings))
+    job = render_objects(grpo_run(settings))[-1]
     pod = job["spec"]["template"]["spec"]
     [trainer], [sidecar] = pod["containers"], pod["initContainers"]
     assert trainer["resources"]["limits"]["nvidia.com/gpu"] == "6"
@@ -90,7 +90,7 @@ def test_grpo_job_splits_gpus_and_runs_vllm_as_native_sidecar():
 
 
 def test_killed_pod_restarts_and_resumes_from_the_volume():
-    _, job = render_objects(grpo_run())
+    job = render_objects(grpo_run())[-1]
     assert job["spec"]["backoffLimit"] >= 1  # a killed pod is replaced ...
     pod = job["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
@@ -101,16 +101,20 @@ def test_killed_pod_restarts_and_resumes_from_the_volume():
 
 def test_multi_node_pytorchjob_keeps_the_sidecar_on_the_master():
     settings = load_settings("configs/cluster/multi-node.yaml")
-    _, job = render_objects(grpo_run(settings))
+    job = render_objects(grpo_run(settings))[-1]
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert replicas["Worker"]["replicas"] == settings.grpo_nodes - 1
     assert "initContainers" in replicas["Master"]["template"]["spec"]
     assert "initContainers" not in replicas["Worker"]["template"]["spec"]
-    assert job["spec"]["runPolicy"]["schedulingPolicy"]["queue"] == settings.queue
+    # Kueue: the queue-name label and created suspended; not Volcano's schedulingPolicy.queue (immutable)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == settings.queue
+    assert job["spec"]["runPolicy"]["suspend"] is True and "schedulingPolicy" not in job["spec"]["runPolicy"]
+    assert job["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
+    assert {r["restartPolicy"] for r in replicas.values()} == {"ExitCode"}
 
 
 def test_pods_are_non_root_and_secrets_are_references():
-    _, job = render_objects(grpo_run())
+    job = render_objects(grpo_run())[-1]
     pod = job["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     for c in pod["containers"] + pod["initContainers"]:
@@ -123,21 +127,55 @@ def test_pods_are_non_root_and_secrets_are_references():
 
 def test_labels_name_run_config_hash_and_image():
     run = grpo_run(tag="abc123")
-    labels = render_objects(run)[1]["metadata"]["labels"]
+    labels = render_objects(run)[-1]["metadata"]["labels"]
     assert labels["rlvsdistill.io/run"] == run.name and labels["rlvsdistill.io/image-tag"] == "abc123"
     assert labels["rlvsdistill.io/config-hash"] == run.config_hash
     assert grpo_run(overrides=["learning_rate=2e-6"]).config_hash != run.config_hash
 
 
-@pytest.mark.parametrize("value", ["; rm -rf /", "$(reboot)", "`id` && echo 'x' \"y\" | tee /etc/passwd"])
+def kubelet_expand(arg: str, env: dict) -> str:
+    """What the kubelet passes for a command argument: `$$` -> `$`, `$(VAR)` -> VAR's value when defined
+    (Kubernetes' expansion rules, k8s.io/kubernetes/third_party/forked/golang/expansion)."""
+    out, i = [], 0
+    while i < len(arg):
+        if arg[i] == "$" and i + 1 < len(arg):
+            if arg[i + 1] == "$":
+                out.append("$")
+                i += 2
+                continue
+            if arg[i + 1] == "(" and ")" in arg[i + 2:]:
+                name = arg[i + 2:arg.index(")", i + 2)]
+                if name in env:
+                    out.append(env[name])
+                    i += len(name) + 3
+                    continue
+        out.append(arg[i])
+        i += 1
+    return "".join(out)
+
+
+@pytest.mark.parametrize("value", ["; rm -rf /", "$(reboot)", "$(HF_HOME)", "a$$b",
+                                   "`id` && echo 'x' \"y\" | tee /etc/passwd"])
 def test_shell_metacharacters_stay_one_literal_argument(value):
     run = grpo_run(overrides=[f"model_name_or_path={yaml.safe_dump(value).strip()}"])
-    config_map, job = render_objects(run)
+    config_map, _, job = render_objects(run)
     sidecar = job["spec"]["template"]["spec"]["initContainers"][0]
-    assert sidecar["command"][sidecar["command"].index("--model") + 1] == value
+    env = {e["name"]: e["value"] for e in sidecar["env"] if "value" in e}
+    model_arg = sidecar["command"][sidecar["command"].index("--model") + 1]
+    assert kubelet_expand(model_arg, env) == value  # reaches vLLM as written, not expanded by Kubernetes
     assert yaml.safe_load(config_map["data"]["config.yaml"])["model_name_or_path"] == value
     for c in job["spec"]["template"]["spec"]["containers"]:
         assert "args" not in c and c["command"][0] in ("accelerate", "rlvsdistill", "trl")  # never `sh -c`
+
+
+def test_only_the_launchers_own_env_references_are_expanded():
+    job = render_objects(grpo_run(load_settings("configs/cluster/multi-node.yaml")))[-1]
+    command = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]["command"]
+    env = {"RANK": "1", "MASTER_ADDR": "master-0", "MASTER_PORT": "23456", "PET_NODE_RANK": "1",
+           "PET_MASTER_ADDR": "master-0", "PET_MASTER_PORT": "23456", "PET_NNODES": "2"}
+    expanded = [kubelet_expand(c, env) for c in command]
+    assert not any("$(" in c for c in expanded)  # every deliberate reference resolves ...
+    assert expanded != command  # ... and there are some (the multi-node launch)
 
 
 INVALID = [
@@ -181,11 +219,11 @@ def test_unknown_kind_is_refused(capsys):
 
 
 def test_validation_catches_a_broken_object(crd_schema):
-    _, job = render_objects(grpo_run())
+    job = render_objects(grpo_run())[-1]
     broken = copy.deepcopy(job)
     broken["spec"]["template"]["spec"]["containers"][0]["resourcez"] = {}
     assert any("resourcez" in p for p in validate_objects([broken], "1.33", None))
-    pytorchjob = render_objects(grpo_run(load_settings("configs/cluster/multi-node.yaml")))[1]
+    pytorchjob = render_objects(grpo_run(load_settings("configs/cluster/multi-node.yaml")))[-1]
     pytorchjob["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
     assert any("replicas" in p for p in validate_objects([pytorchjob], "1.33", crd_schema))
 
@@ -195,8 +233,8 @@ def test_dry_run_prints_yaml_and_sends_nothing(capsys, monkeypatch):
     assert main(["submit", "eval", "--config", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
                  "--image-tag", "t", "--dry-run"]) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    assert [d["kind"] for d in docs] == ["ConfigMap", "Job", "Job"]
-    assert docs[1]["spec"]["completionMode"] == "Indexed" and docs[1]["spec"]["completions"] == 4
+    assert [d["kind"] for d in docs] == ["ConfigMap", "NetworkPolicy", "Job", "Job"]
+    assert docs[2]["spec"]["completionMode"] == "Indexed" and docs[2]["spec"]["completions"] == 4
 
 
 def test_dockerfile_passes_hadolint():

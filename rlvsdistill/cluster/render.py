@@ -3,8 +3,10 @@
 GRPO: a batch/v1 Job on one node or a Kubeflow PyTorchJob on several; the trainer runs ``accelerate launch``
 with ZeRO-3 and reaches a vLLM server that runs as a native sidecar (an init container with
 ``restartPolicy: Always``) on its own GPUs. SFT: the same without the sidecar. Evaluation: an Indexed Job (one
-shard per pod) and a merge Job that waits for the shards. Every run also gets a ConfigMap holding its config.
-Config values reach containers only as argument lists or that file, never through a shell.
+shard per pod) and, with several shards, a merge Job that tracks the shards Job. Every run also gets a ConfigMap
+holding its config (owned by the workload once created) and a NetworkPolicy that admits only the run's own pods.
+Config values reach containers only as argument lists or that file, never through a shell; ``$`` is escaped so
+Kubernetes does not expand ``$(VAR)`` in them.
 """
 
 from __future__ import annotations
@@ -23,11 +25,23 @@ from ..io import UserError
 from .settings import DNS_LABEL, QUANTITY, ClusterSettings
 
 KINDS = ("grpo", "sft", "generate", "eval")
+SHARDS_JOB_ENV = "RLVSDISTILL_SHARDS_JOB"
 CONFIG_DIR = "/etc/rlvsdistill"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 ACCELERATE_ZERO3 = "/app/configs/accelerate/zero3.yaml"  # inside the image
-HF_CACHE = "/cache/huggingface"
+CACHE_DIR = "/cache"  # the image points HF_HOME, TRITON_CACHE_DIR, XDG_CACHE_HOME, ... below it
+HF_CACHE = f"{CACHE_DIR}/huggingface"
+HF_HUB_CACHE = f"{HF_CACHE}/hub"  # where the optional model-cache PVC is mounted
 RUN_LABEL = "rlvsdistill.io/run"
+CONFIG_HASH_ENV = "RLVSDISTILL_CONFIG_HASH"
+RESUME_ANYWAY_ENV = "RLVSDISTILL_RESUME_ANYWAY"
+# Ports the run's pods serve to each other: vLLM's HTTP API (`trl vllm-serve --port`) and the weight-sync
+# process group (`--group_port` / GRPOConfig.vllm_group_port); NCCL and torch rendezvous add ephemeral ports.
+VLLM_GROUP_PORT = 51216
+# Whole arguments that are deliberate Kubernetes $(VAR) references: set by the training operator in every
+# PyTorchJob pod, or by the Job controller. Any other '$' is escaped as '$$'.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PET_NNODES", "PET_NODE_RANK",
+                 "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NPROC_PER_NODE", "JOB_COMPLETION_INDEX")
 DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 NAME_MAX = 52  # room for the "-config" / "-merge" suffixes and an indexed pod's "-NNN-xxxxx"
 
@@ -44,11 +58,14 @@ class Run:
     image: str
     image_tag: str
     cluster_path: str | None = None  # where the settings came from (for the manifest header only)
+    resume_anyway: bool = False  # resume checkpoints on the volume even if they come from another config hash
 
     @property
     def config_hash(self) -> str:
-        """12 hex digits over the config, the cluster settings and the image: the run's identity."""
-        blob = json.dumps([self.kind, self.config, dataclasses.asdict(self.settings), self.image], sort_keys=True)
+        """12 hex digits over the config and the cluster settings: the run's identity (the image is labelled
+        apart, so a fixed image may resume the same run). Stored in run_record.json; a differing hash refuses
+        to resume."""
+        blob = json.dumps([self.kind, self.config, dataclasses.asdict(self.settings)], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -65,7 +82,8 @@ def _in_volume(path: str, settings: ClusterSettings) -> bool:
 
 
 def prepare_run(kind: str, config_path: str, overrides: list[str], settings: ClusterSettings,
-                image_tag: str | None, name: str | None = None, cluster_path: str | None = None) -> Run:
+                image_tag: str | None, name: str | None = None, cluster_path: str | None = None,
+                resume_anyway: bool = False) -> Run:
     """Check the job config, the name and the image tag; return the Run (UserError lists every problem)."""
     problems = []
     if kind not in KINDS:
@@ -87,6 +105,8 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
                         " the results would vanish with the pod")
     if kind == "grpo":
         problems += _grpo_cluster_problems(values, settings, config_path)
+    if kind == "eval" and (not isinstance(values.get("num_shards", 1), int) or values.get("num_shards", 1) < 1):
+        problems.append(f"{config_path}: num_shards: {values.get('num_shards')!r} must be a positive integer")
     if problems:
         raise UserError(f"cannot render {kind} run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     if kind == "grpo" and settings.vllm_gpus:
@@ -96,7 +116,7 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     if kind == "eval":
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
     return Run(kind, name, config_path, values, settings, f"{settings.image_repository}:{image_tag}", image_tag,
-               cluster_path)
+               cluster_path, resume_anyway)
 
 
 def _grpo_cluster_problems(values: dict, settings: ClusterSettings, where: str) -> list[str]:
@@ -105,6 +125,12 @@ def _grpo_cluster_problems(values: dict, settings: ClusterSettings, where: str) 
                 "(set vllm_gpus: 0 in the cluster settings, or use vLLM)"]
     if not settings.vllm_gpus and values.get("vllm_mode") == "server" and values.get("use_vllm"):
         return [f"{where}: vllm_mode: server needs a sidecar, but the cluster settings have vllm_gpus: 0"]
+    ready = settings.kueue_pods_ready_timeout_seconds
+    if settings.queue and settings.vllm_gpus and ready is not None and settings.vllm_startup_seconds > ready:
+        return [f"vllm_startup_seconds: {settings.vllm_startup_seconds} exceeds kueue_pods_ready_timeout_seconds: "
+                f"{ready} (Kueue's waitForPodsReady.timeout): Kueue would evict the run while vLLM loads. Raise "
+                "waitForPodsReady.timeout in Kueue's configuration (and this setting with it), or lower "
+                "vllm_startup_seconds"]
     return []
 
 
@@ -137,18 +163,24 @@ def _metadata(run: Run, name: str) -> dict:
     return {"name": name, "namespace": run.settings.namespace, "labels": labels(run)}
 
 
-def _env(run: Run) -> list[dict]:
+def _env(run: Run, secrets: tuple[str, ...]) -> list[dict]:
+    """The container's environment; ``secrets`` names the ones it needs: "hf" (downloads), "wandb" (trainers)."""
     env = [
         {"name": "RLVSDISTILL_ROOT", "value": f"{run.settings.mount_path}/runs"},
         {"name": "RLVSDISTILL_RUN", "value": run.name},
         {"name": "IMAGE_TAG", "value": run.image_tag},
+        {"name": CONFIG_HASH_ENV, "value": run.config_hash},
         {"name": "HF_HOME", "value": HF_CACHE},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    if run.settings.hf_token_secret:
+    if run.resume_anyway:
+        env.append({"name": RESUME_ANYWAY_ENV, "value": "1"})
+    if run.settings.model_cache_pvc:
+        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the models were prefetched into the PVC
+    if run.settings.hf_token_secret and "hf" in secrets:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": run.settings.hf_token_secret,
                                                                         "key": "token"}}})
-    if run.settings.wandb_secret:
+    if run.settings.wandb_secret and "wandb" in secrets:
         env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": run.settings.wandb_secret,
                                                                              "key": "api-key"}}})
     return env
@@ -169,20 +201,33 @@ def _resources(run: Run, gpus: int) -> dict:
 _MOUNTS = [
     {"name": "data", "mountPath": None},
     {"name": "dshm", "mountPath": "/dev/shm"},
-    {"name": "hf-cache", "mountPath": HF_CACHE},
+    {"name": "cache", "mountPath": CACHE_DIR},
+    {"name": "tmp", "mountPath": "/tmp"},
     {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
 ]
+_LAUNCHER_REFS = {f"$({v})" for v in LAUNCHER_VARS}
 
 
-def container(run: Run, name: str, command: list[str], gpus: int) -> dict:
+def escape_dollars(arg) -> str:
+    """``$`` as ``$$``, so Kubernetes passes it through; a whole-argument launcher ref (``$(RANK)``) stays."""
+    arg = str(arg)
+    return arg if arg in _LAUNCHER_REFS else arg.replace("$", "$$")
+
+
+def container(run: Run, name: str, command: list[str], gpus: int, secrets: tuple[str, ...] = ("hf",)) -> dict:
     """A container of the run's image running ``command`` (an argument list; no shell)."""
     mounts = [dict(m, mountPath=m["mountPath"] or run.settings.mount_path) for m in _MOUNTS]
+    if run.settings.model_cache_pvc:
+        mounts.append({"name": "model-cache", "mountPath": HF_HUB_CACHE, "readOnly": name != "prefetch"})
+    env = [dict(e, value=escape_dollars(e["value"])) if "value" in e else e for e in _env(run, secrets)]
+    if not gpus:
+        env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})  # the base image says "all"
     return {
         "name": name,
         "image": run.image,
         "imagePullPolicy": "IfNotPresent",
-        "command": [str(c) for c in command],
-        "env": _env(run),
+        "command": [escape_dollars(c) for c in command],
+        "env": env,
         "resources": _resources(run, gpus),
         "volumeMounts": mounts,
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
@@ -202,7 +247,8 @@ def vllm_sidecar(run: Run) -> dict:
     side = container(run, "vllm", command, s.vllm_gpus)
     probe = {"httpGet": {"path": "/health", "port": s.vllm_port}, "periodSeconds": 10, "timeoutSeconds": 5}
     side["restartPolicy"] = "Always"
-    side["ports"] = [{"name": "vllm", "containerPort": s.vllm_port}]
+    side["ports"] = [{"name": "vllm", "containerPort": s.vllm_port},
+                     {"name": "weight-sync", "containerPort": VLLM_GROUP_PORT}]
     side["startupProbe"] = {**probe, "failureThreshold": max(1, s.vllm_startup_seconds // 10)}
     side["readinessProbe"] = {**probe, "failureThreshold": 3}
     return side
@@ -212,16 +258,21 @@ def pod_template(run: Run, containers: list[dict], init_containers: list[dict] |
                  restart_policy: str | None = "Never") -> dict:
     s = run.settings
     spec = {
+        # No API token in the pods: nothing in them talks to the API server (the merge Job mounts its own).
+        "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+                            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": containers,
         "volumes": [
             {"name": "data", "persistentVolumeClaim": {"claimName": s.pvc}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}},
-            {"name": "hf-cache", "emptyDir": {"sizeLimit": s.hf_cache_size}},
+            {"name": "cache", "emptyDir": {"sizeLimit": s.hf_cache_size}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
             {"name": "config", "configMap": {"name": f"{run.name}-config"}},
         ],
     }
+    if s.model_cache_pvc:
+        spec["volumes"].append({"name": "model-cache", "persistentVolumeClaim": {"claimName": s.model_cache_pvc}})
     if restart_policy:
         spec["restartPolicy"] = restart_policy
     if init_containers:
@@ -242,6 +293,8 @@ def _job(run: Run, name: str, template: dict, **spec) -> dict:
     body = {"backoffLimit": s.backoff_limit, **spec, "template": template}
     if s.ttl_seconds_after_finished is not None:
         body["ttlSecondsAfterFinished"] = s.ttl_seconds_after_finished
+    if s.queue:
+        body["suspend"] = True  # Kueue admits (unsuspends) it when the queue has quota
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(run, name), "spec": body}
 
 
@@ -249,6 +302,16 @@ def config_map(run: Run) -> dict:
     text = yaml.safe_dump(run.config, sort_keys=False, allow_unicode=True)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(run, f"{run.name}-config"),
             "data": {"config.yaml": text}}
+
+
+def network_policy(run: Run) -> dict:
+    """Ingress to the run's pods only from the run's own pods: the vLLM API and weight-sync ports, NCCL and the
+    torch rendezvous between nodes (ephemeral ports, hence no port list); nothing else in the cluster."""
+    own = {"podSelector": {"matchLabels": {RUN_LABEL: run.name}}}
+    meta = _metadata(run, f"{run.name}-ingress")
+    meta["annotations"] = {"rlvsdistill.io/serves": f"vllm:{run.settings.vllm_port},weight-sync:{VLLM_GROUP_PORT}"}
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
+            "spec": {**own, "policyTypes": ["Ingress"], "ingress": [{"from": [own]}]}}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,18 +337,23 @@ def training_objects(run: Run) -> list[dict]:
     train_gpus = per_node - vllm  # the same on every node: accelerate runs equal process counts per machine
     sidecars = [vllm_sidecar(run)] if vllm else None
     command = _launch(run, train_gpus, nodes)
+    secrets = ("hf", "wandb")
     if nodes == 1:
-        template = pod_template(run, [container(run, "trainer", command, train_gpus)], sidecars)
-        return [config_map(run), _job(run, run.name, template)]
-    replica = {"restartPolicy": "OnFailure"}
+        template = pod_template(run, [container(run, "trainer", command, train_gpus, secrets)], sidecars)
+        return [config_map(run), network_policy(run), _job(run, run.name, template)]
+    # ExitCode: a failed pod is recreated whole (never the trainer alone beside a sidecar that still holds the
+    # dead trainer's weight-sync group); 137/143 (killed) count as retryable, 1 as permanent.
+    replica = {"restartPolicy": "ExitCode"}
     # The training operator requires the training container to be called "pytorch".
-    master = pod_template(run, [container(run, "pytorch", command, train_gpus)], sidecars, restart_policy=None)
-    worker = pod_template(run, [container(run, "pytorch", command, train_gpus)], restart_policy=None)
-    run_policy = {"backoffLimit": s.backoff_limit, "cleanPodPolicy": "None"}
+    master = pod_template(run, [container(run, "pytorch", command, train_gpus, secrets)], sidecars,
+                          restart_policy=None)
+    worker = pod_template(run, [container(run, "pytorch", command, train_gpus, secrets)], restart_policy=None)
+    # Running: when the job ends, pods still running (hung peers holding GPUs) are deleted at once.
+    run_policy = {"backoffLimit": s.backoff_limit, "cleanPodPolicy": "Running"}
     if s.ttl_seconds_after_finished is not None:
         run_policy["ttlSecondsAfterFinished"] = s.ttl_seconds_after_finished
     if s.queue:
-        run_policy["schedulingPolicy"] = {"queue": s.queue}
+        run_policy["suspend"] = True  # Kueue reads the queue-name label and unsuspends on admission
     job = {
         "apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": _metadata(run, run.name),
         "spec": {
@@ -297,7 +365,7 @@ def training_objects(run: Run) -> list[dict]:
             },
         },
     }
-    return [config_map(run), job]
+    return [config_map(run), network_policy(run), job]
 
 
 def _sampling_gpus(cfg: dict) -> int:
@@ -308,11 +376,31 @@ def generate_objects(run: Run) -> list[dict]:
     """Teacher sampling for distillation: one Job on the teacher's tensor-parallel GPUs."""
     command = ["rlvsdistill", "generate", "--config", CONFIG_FILE]
     template = pod_template(run, [container(run, "generate", command, _sampling_gpus(run.config))])
-    return [config_map(run), _job(run, run.name, template)]
+    return [config_map(run), network_policy(run), _job(run, run.name, template)]
+
+
+SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+def _merge_pod(run: Run) -> dict:
+    """The merge: CPU only, no secrets, and the one pod with an API token (projected, read-only, 1 h, renewed by
+    the kubelet) of a service account that may read Jobs (k8s/rbac.yaml), to follow the shards Job."""
+    merge = container(run, "merge", ["rlvsdistill", "eval-merge", "--config", CONFIG_FILE], 0, secrets=())
+    merge["env"] += [{"name": SHARDS_JOB_ENV, "value": run.name}]
+    merge["volumeMounts"].append({"name": "api-token", "mountPath": SERVICEACCOUNT_DIR, "readOnly": True})
+    pod = pod_template(run, [merge])
+    pod["spec"]["serviceAccountName"] = run.settings.merge_service_account
+    pod["spec"]["volumes"].append({"name": "api-token", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+    ]}})
+    return pod
 
 
 def eval_objects(run: Run) -> list[dict]:
-    """An Indexed Job running one shard per pod, and a merge Job that waits for every shard's marker."""
+    """An Indexed Job running one shard per pod and, with several shards, a merge Job that follows it (a single
+    shard merges in its own pod)."""
     cfg, s = run.config, run.settings
     shards = cfg.get("num_shards", 1)
     gpus = _sampling_gpus(cfg)
@@ -320,9 +408,11 @@ def eval_objects(run: Run) -> list[dict]:
     shards_job = _job(run, run.name, shard_pod, completionMode="Indexed", completions=shards,
                       parallelism=min(s.eval_parallelism, shards), backoffLimitPerIndex=s.backoff_limit)
     del shards_job["spec"]["backoffLimit"]  # per index instead: a failing shard does not use up the others' retries
-    merge_pod = pod_template(run, [container(run, "merge", ["rlvsdistill", "eval-merge", "--config", CONFIG_FILE],
-                                             0)])
-    return [config_map(run), shards_job, _job(run, f"{run.name}-merge", merge_pod)]
+    objects = [config_map(run), network_policy(run), shards_job]
+    if shards > 1:
+        # backoffLimit 0: the merge runs once; it fails only on a verdict (a failed shard, a deadline, bad data).
+        objects.append(_job(run, f"{run.name}-merge", _merge_pod(run), backoffLimit=0))
+    return objects
 
 
 def render_objects(run: Run) -> list[dict]:
@@ -335,7 +425,11 @@ def render_objects(run: Run) -> list[dict]:
 
 
 class _LiteralDumper(yaml.SafeDumper):
-    """Multi-line strings (the ConfigMap's config file) as readable literal blocks."""
+    """Multi-line strings (the ConfigMap's config file) as readable literal blocks; no &id/*id aliases for
+    objects shared between containers (kubectl and many tools reject or mangle them)."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
 def _str_representer(dumper, value: str):
@@ -349,7 +443,8 @@ _LiteralDumper.add_representer(str, _str_representer)
 def to_yaml(run: Run, objects: list[dict]) -> str:
     """Deterministic multi-document YAML, opening with how to apply, check, follow and clean up the run."""
     ns, sel = run.settings.namespace, f"{RUN_LABEL}={run.name}"
-    kinds = "jobs,pytorchjobs,configmaps" if any(o["kind"] == "PyTorchJob" for o in objects) else "jobs,configmaps"
+    kinds = ("jobs,pytorchjobs" if any(o["kind"] == "PyTorchJob" for o in objects) else "jobs") + \
+        ",networkpolicies,configmaps"
     container_name = "pytorch" if any(o["kind"] == "PyTorchJob" for o in objects) else (
         run.kind if run.kind in ("eval", "generate") else "trainer")
     cluster = f" --cluster {run.cluster_path}" if run.cluster_path else ""
@@ -358,7 +453,7 @@ def to_yaml(run: Run, objects: list[dict]) -> str:
         f"(config hash {run.config_hash})",
         f"# Apply:  rlvsdistill submit {run.kind} --config {run.config_path}{cluster} --image-tag {run.image_tag}"
         "   (or: kubectl apply -f THIS_FILE)",
-        f"# Check:  kubectl -n {ns} get {kinds.replace(',configmaps', '')},pods -l {sel}",
+        f"# Check:  kubectl -n {ns} get {kinds.split(',networkpolicies')[0]},pods -l {sel}",
         f"# Logs:   kubectl -n {ns} logs -f -l {sel} -c {container_name} --max-log-requests 16",
         f"# Clean:  kubectl -n {ns} delete {kinds} -l {sel}",
     ]

@@ -13,6 +13,7 @@ from ..config import coerce_numbers, read_yaml
 from ..io import UserError
 
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 
 
@@ -26,7 +27,12 @@ class ClusterSettings:
     pvc: str = field(default="rlvsdistill-data", metadata={"help": "ReadWriteMany PVC for checkpoints and results"})
     mount_path: str = field(default="/data", metadata={"help": "where the PVC is mounted in every pod"})
     service_account: str | None = field(default=None, metadata={"help": "service account of the job pods"})
-    queue: str | None = field(default=None, metadata={"help": "Kueue LocalQueue (label kueue.x-k8s.io/queue-name)"})
+    merge_service_account: str = field(default="rlvsdistill-merge", metadata={
+        "help": "service account of the eval merge Job: may read Jobs (k8s/rbac.yaml)"})
+    queue: str | None = field(default=None, metadata={
+        "help": "Kueue LocalQueue: label kueue.x-k8s.io/queue-name, objects created suspended"})
+    kueue_pods_ready_timeout_seconds: int | None = field(default=None, metadata={
+        "help": "Kueue's waitForPodsReady.timeout when enabled (Kueue's default: 300); must cover vLLM's start"})
     priority_class: str | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict] = field(default_factory=list)
@@ -34,7 +40,9 @@ class ClusterSettings:
     hf_token_secret: str | None = field(default=None, metadata={"help": "existing Secret with key 'token'"})
     wandb_secret: str | None = field(default=None, metadata={"help": "existing Secret with key 'api-key'"})
     shm_size: str = field(default="64Gi", metadata={"help": "size of the memory-backed /dev/shm"})
-    hf_cache_size: str = field(default="200Gi", metadata={"help": "node-local Hugging Face cache (emptyDir)"})
+    hf_cache_size: str = field(default="200Gi", metadata={"help": "node-local /cache (emptyDir): HF, Triton, ..."})
+    model_cache_pvc: str | None = field(default=None, metadata={
+        "help": "ReadWriteMany PVC holding the models (make prefetch-model); pods then run with HF_HUB_OFFLINE=1"})
     cpu_per_gpu: int = 8
     memory_per_gpu: str = "80Gi"
     backoff_limit: int = field(default=3, metadata={"help": "pod restarts before a run fails (each resumes)"})
@@ -48,7 +56,8 @@ class ClusterSettings:
     sft_nodes: int = 1
     sft_gpus_per_node: int = 8
     eval_parallelism: int = field(default=4, metadata={"help": "evaluation shards running at once"})
-    merge_wait_seconds: int = field(default=86400, metadata={"help": "how long the merge Job waits for shards"})
+    merge_wait_seconds: int = field(default=86400, metadata={
+        "help": "deadline of the merge for the shards Job to finish (time while Kueue holds it suspended excluded)"})
 
 
 def check_settings(values: dict) -> list[str]:
@@ -56,10 +65,16 @@ def check_settings(values: dict) -> list[str]:
     names = {f.name for f in dataclasses.fields(ClusterSettings)}
     problems = [f"{k}: unknown key for cluster settings" for k in values if k not in names]
     problems += coerce_numbers(ClusterSettings, values)
-    for key in ("namespace", "pvc"):
+    for key in ("namespace", "pvc", "queue", "model_cache_pvc", "service_account", "merge_service_account",
+                "priority_class", "hf_token_secret", "wandb_secret"):
         value = values.get(key, getattr(ClusterSettings, key, None) or "x")
-        if not isinstance(value, str) or not DNS_LABEL.fullmatch(value) or len(value) > 63:
-            problems.append(f"{key}: {value!r} is not a valid Kubernetes name (lower case, digits, '-')")
+        if value is None and key not in ("namespace", "pvc", "merge_service_account"):
+            continue
+        label = key in ("namespace", "queue")  # DNS labels; the others are object names (DNS subdomains)
+        pattern, most = (DNS_LABEL, 63) if label else (DNS_SUBDOMAIN, 253)
+        if not isinstance(value, str) or not pattern.fullmatch(value) or len(value) > most:
+            problems.append(f"{key}: {value!r} is not a valid Kubernetes {'DNS label' if label else 'object name'} "
+                            "(lower case letters, digits, '-'" + ("" if label else ", '.'") + ")")
     for key in ("grpo_nodes", "grpo_gpus_per_node", "sft_nodes", "sft_gpus_per_node", "eval_parallelism",
                 "cpu_per_gpu"):
         value = values.get(key, 1)
