@@ -165,6 +165,8 @@ def _add_cluster_commands(sub) -> None:
     p.add_argument("--name", help="run name (default: from the kind and the config file name)")
     p.add_argument("--dry-run", action="store_true", help="print the YAML and send nothing")
     p.add_argument("--replace", action="store_true", help="delete a run of the same name first")
+    p.add_argument("--resume-anyway", action="store_true",
+                   help="resume the checkpoints on the volume even if they were made with another config hash")
     p.add_argument("--crd", help="PyTorchJob CRD YAML to validate against (default: read from the cluster)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a job config key")
     cluster_args(p)
@@ -174,7 +176,8 @@ def _add_cluster_commands(sub) -> None:
         q = sub.add_parser(name, help=help_text)
         q.add_argument("run", help="run name")
         if name == "logs":
-            q.add_argument("-f", "--follow", action="store_true", help="stream the first pod's log")
+            q.add_argument("-f", "--follow", action="store_true",
+                           help="stream every pod's log, lines prefixed with the pod name, until the run ends")
             q.add_argument("-c", "--container", help="container (default: the pod's main one)")
         cluster_args(q)
         q.set_defaults(func=_run_run_command, command_name=name)
@@ -196,7 +199,8 @@ def _run_submit(args) -> int:
     from .cluster.validate import CRD_ENV, crd_schema_from_file, validate_objects
 
     settings = _settings(args)
-    run = prepare_run(args.kind, args.config, args.overrides, settings, args.image_tag, args.name, args.cluster)
+    run = prepare_run(args.kind, args.config, args.overrides, settings, args.image_tag, args.name, args.cluster,
+                      args.resume_anyway)
     crd_path = args.crd or os.environ.get(CRD_ENV)
     schema = crd_schema_from_file(crd_path) if crd_path else None
     if args.dry_run:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from .io import UserError, read_jsonl, write_json, write_jsonl
 from .paths import (
     SAMPLES_FILE,
     SUMMARY_FILE,
-    is_complete,
     mark_complete,
     part_file,
     resolve_output_dir,
@@ -124,14 +122,11 @@ def run_shard(cfg, generator=None) -> Path:
 
 def merge(cfg) -> dict:
     """Combine every shard into samples.jsonl and summary.json; refuses missing, incomplete or duplicated shards."""
+    from .cluster.jobwatch import wait_for_shards
+
     run_dir = resolve_output_dir(cfg.output_dir)
-    deadline = time.monotonic() + cfg.merge_wait_seconds
-    while True:
-        missing = [i for i in range(cfg.num_shards) if not is_complete(shard_dir(run_dir, i, cfg.num_shards))]
-        if not missing or time.monotonic() >= deadline:
-            break
-        logger.info("waiting for shard(s) %s of %d to finish", missing, cfg.num_shards)
-        time.sleep(min(30.0, max(0.1, deadline - time.monotonic())))
+    missing = wait_for_shards(run_dir, cfg.num_shards, cfg.merge_wait_seconds, poll_seconds=min(30.0, max(
+        0.1, cfg.merge_wait_seconds)))
     if missing:
         raise UserError(f"{run_dir}: shard(s) {missing} of {cfg.num_shards} are missing or incomplete; "
                         "run them (or wait for their pods) before merging")

@@ -22,10 +22,10 @@ import yaml
 
 from ..config import check_values, parse_overrides, read_yaml
 from ..io import UserError
+from .jobwatch import SERVICEACCOUNT_DIR, SHARDS_JOB_ENV
 from .settings import DNS_LABEL, QUANTITY, ClusterSettings
 
 KINDS = ("grpo", "sft", "generate", "eval")
-SHARDS_JOB_ENV = "RLVSDISTILL_SHARDS_JOB"
 CONFIG_DIR = "/etc/rlvsdistill"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 ACCELERATE_ZERO3 = "/app/configs/accelerate/zero3.yaml"  # inside the image
@@ -377,9 +377,6 @@ def generate_objects(run: Run) -> list[dict]:
     command = ["rlvsdistill", "generate", "--config", CONFIG_FILE]
     template = pod_template(run, [container(run, "generate", command, _sampling_gpus(run.config))])
     return [config_map(run), network_policy(run), _job(run, run.name, template)]
-
-
-SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def _merge_pod(run: Run) -> dict:

@@ -1,12 +1,17 @@
 """Send a run's objects to the API server with the `kubernetes` client, and follow, inspect or cancel a run.
 
 Everything is checked before the first call: the objects are rendered and validated (the PyTorchJob CRD schema
-is read from the cluster unless given), and a run name that already exists is refused unless ``replace``.
+is read from the cluster unless given), the GPUs a pod asks for are compared with the nodes' (when the user may
+list nodes), and a run name that already exists is refused unless ``replace``. Objects are created with strict
+field validation; if one create fails, the ones before it are deleted. The ConfigMap is then owned by the run's
+workloads, so it goes with them.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 import time
 
 from ..io import UserError
@@ -16,6 +21,7 @@ from .validate import validate_objects
 logger = logging.getLogger(__name__)
 
 PYTORCHJOB = ("kubeflow.org", "v1", "pytorchjobs")
+WORKLOADS = ("Job", "PyTorchJob")
 
 
 class Cluster:
@@ -39,6 +45,7 @@ class Cluster:
         self.batch = client.BatchV1Api()
         self.custom = client.CustomObjectsApi()
         self.extensions = client.ApiextensionsV1Api()
+        self.networking = client.NetworkingV1Api()
         self.ApiException = client.exceptions.ApiException
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -63,6 +70,8 @@ class Cluster:
         selector = f"{RUN_LABEL}={name}"
         found = [("Job", j.metadata.name) for j in
                  self.batch.list_namespaced_job(self.namespace, label_selector=selector).items]
+        found += [("NetworkPolicy", p.metadata.name) for p in
+                  self.networking.list_namespaced_network_policy(self.namespace, label_selector=selector).items]
         found += [("ConfigMap", c.metadata.name) for c in
                   self.core.list_namespaced_config_map(self.namespace, label_selector=selector).items]
         try:
@@ -77,18 +86,42 @@ class Cluster:
     def pods(self, name: str) -> list:
         return self.core.list_namespaced_pod(self.namespace, label_selector=f"{RUN_LABEL}={name}").items
 
+    def node_gpus(self, resource: str) -> list[int] | None:
+        """Allocatable ``resource`` of every schedulable node; None when the user may not list nodes."""
+        try:
+            nodes = self.core.list_node().items
+        except self.ApiException as exc:
+            if exc.status in (401, 403):
+                return None
+            raise
+        return [int((n.status.allocatable or {}).get(resource, "0")) for n in nodes if not n.spec.unschedulable]
+
     # -- writing -------------------------------------------------------------------------------------------
 
-    def create(self, obj: dict) -> None:
-        kind = obj["kind"]
+    def create(self, obj: dict, dry_run: bool = False) -> dict:
+        """Create ``obj`` with strict field validation (an unknown or duplicated field is an error, not a
+        warning); ``dry_run``: the server admits and validates it, stores nothing. Returns the created object."""
+        kind, ns = obj["kind"], self.namespace
+        opts = {"field_validation": "Strict", **({"dry_run": "All"} if dry_run else {})}
         if kind == "ConfigMap":
-            self.core.create_namespaced_config_map(self.namespace, obj)
-        elif kind == "Job":
-            self.batch.create_namespaced_job(self.namespace, obj)
-        elif kind == "PyTorchJob":
-            self.custom.create_namespaced_custom_object(*PYTORCHJOB[:2], self.namespace, PYTORCHJOB[2], obj)
-        else:
-            raise ValueError(f"cannot create a {kind}")
+            return self.core.create_namespaced_config_map(ns, obj, **opts).to_dict()
+        if kind == "NetworkPolicy":
+            return self.networking.create_namespaced_network_policy(ns, obj, **opts).to_dict()
+        if kind == "Job":
+            return self.batch.create_namespaced_job(ns, obj, **opts).to_dict()
+        if kind == "PyTorchJob":
+            return self.custom.create_namespaced_custom_object(*PYTORCHJOB[:2], ns, PYTORCHJOB[2], obj, **opts)
+        raise ValueError(f"cannot create a {kind}")
+
+    def set_owners(self, kind: str, name: str, owners: list[dict]) -> None:
+        """Make ``owners`` (created workloads) the owners of a ConfigMap or NetworkPolicy: deleted with them."""
+        refs = [{"apiVersion": o["apiVersion"] if "apiVersion" in o else o["api_version"], "kind": o["kind"],
+                 "name": o["metadata"]["name"], "uid": o["metadata"]["uid"]} for o in owners]
+        patch = {"metadata": {"ownerReferences": refs}}
+        if kind == "ConfigMap":
+            self.core.patch_namespaced_config_map(name, self.namespace, patch)
+        elif kind == "NetworkPolicy":
+            self.networking.patch_namespaced_network_policy(name, self.namespace, patch)
 
     def delete(self, kind: str, name: str) -> None:
         from kubernetes import client
@@ -97,6 +130,8 @@ class Cluster:
         try:
             if kind == "ConfigMap":
                 self.core.delete_namespaced_config_map(name, self.namespace)
+            elif kind == "NetworkPolicy":
+                self.networking.delete_namespaced_network_policy(name, self.namespace)
             elif kind == "Job":
                 self.batch.delete_namespaced_job(name, self.namespace, body=options)
             elif kind == "PyTorchJob":
@@ -107,14 +142,42 @@ class Cluster:
                 raise
 
 
+def pod_gpus(obj: dict, resource: str) -> list[int]:
+    """GPUs each pod of a workload asks for: its containers' limits plus its native sidecars'."""
+    templates = [obj["spec"]["template"]] if obj["kind"] == "Job" else [
+        r["template"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+    running = [t["spec"]["containers"] + [c for c in t["spec"].get("initContainers", [])
+                                          if c.get("restartPolicy") == "Always"] for t in templates]
+    return [sum(int(c["resources"].get("limits", {}).get(resource, 0)) for c in cs) for cs in running]
+
+
+def check_fits(objects: list[dict], cluster: Cluster, resource: str) -> None:
+    """Refuse a run whose pod needs more GPUs than any node has (it would stay Pending for ever)."""
+    nodes = cluster.node_gpus(resource)
+    if nodes is None:
+        logger.info("cannot list nodes (no permission): GPU fit not checked")
+        return
+    largest = max(nodes, default=0)
+    for obj in objects:
+        if obj["kind"] in WORKLOADS:
+            need = max(pod_gpus(obj, resource), default=0)
+            if need > largest:
+                raise UserError(f"{obj['kind']}/{obj['metadata']['name']}: a pod needs {need} {resource}, but the "
+                                f"largest node has {largest} (of {len(nodes)} node(s)); lower grpo_gpus_per_node / "
+                                "sft_gpus_per_node / tensor_parallel_size in the settings or config")
+
+
 def submit(run: Run, cluster: Cluster, replace: bool = False, pytorchjob_schema: dict | None = None) -> list[str]:
-    """Validate, refuse an existing run unless ``replace``, create the objects; returns 'Kind/name' created."""
+    """Validate, check the GPU fit, refuse an existing run unless ``replace``, create the objects (deleting the
+    created ones again if a later create fails), then hand the ConfigMap and NetworkPolicy to the workloads;
+    returns 'Kind/name' created."""
     objects = render_objects(run)
     if pytorchjob_schema is None and any(o["kind"] == "PyTorchJob" for o in objects):
         pytorchjob_schema = cluster.pytorchjob_schema()
     problems = validate_objects(objects, run.settings.kubernetes_version, pytorchjob_schema)
     if problems:
         raise UserError("the rendered objects do not validate:\n  " + "\n  ".join(problems))
+    check_fits(objects, cluster, run.settings.gpu_resource)
     existing = cluster.run_objects(run.name)
     if existing:
         if not replace:
@@ -122,12 +185,33 @@ def submit(run: Run, cluster: Cluster, replace: bool = False, pytorchjob_schema:
             raise UserError(f"run '{run.name}' already exists in namespace {cluster.namespace} ({names}); "
                             "pass --replace to delete and recreate it, or --name to pick another name")
         cancel(run.name, cluster, wait=True)
-    created = []
-    for obj in objects:
-        cluster.create(obj)
-        created.append(f"{obj['kind']}/{obj['metadata']['name']}")
-        logger.info("created %s", created[-1])
-    return created
+    created, workloads = [], []
+    try:
+        for obj in objects:
+            result = cluster.create(obj)
+            created.append((obj["kind"], obj["metadata"]["name"]))
+            logger.info("created %s/%s", *created[-1])
+            if obj["kind"] in WORKLOADS:
+                workloads.append(result)
+        for kind, name in created:
+            if kind not in WORKLOADS:
+                cluster.set_owners(kind, name, workloads)
+    except cluster.ApiException as exc:
+        for kind, name in reversed(created):
+            cluster.delete(kind, name)
+        done = ", ".join(f"{k}/{n}" for k, n in created) or "nothing"
+        raise UserError(f"run '{run.name}': the API server refused an object ({exc.status} {exc.reason}: "
+                        f"{_api_message(exc)}); deleted what was already created ({done})") from None
+    return [f"{k}/{n}" for k, n in created]
+
+
+def _api_message(exc) -> str:
+    import json
+
+    try:
+        return json.loads(exc.body).get("message", exc.body)
+    except (TypeError, ValueError):
+        return str(exc.body)
 
 
 def cancel(name: str, cluster: Cluster, wait: bool = False, timeout: float = 120.0) -> list[str]:
@@ -143,36 +227,102 @@ def cancel(name: str, cluster: Cluster, wait: bool = False, timeout: float = 120
     return [f"{k}/{n}" for k, n in existing]
 
 
+def _waiting_reason(pod) -> str | None:
+    """Why a pod is not running yet (unschedulable, image pull, ...), or None."""
+    for cond in pod.status.conditions or []:
+        if cond.type == "PodScheduled" and cond.status != "True":
+            return f"{cond.reason}: {cond.message}"
+    for cs in (pod.status.init_container_statuses or []) + (pod.status.container_statuses or []):
+        if cs.state and cs.state.waiting and cs.state.waiting.reason:
+            return f"{cs.name}: {cs.state.waiting.reason} {cs.state.waiting.message or ''}".strip()
+    return None
+
+
 def status(name: str, cluster: Cluster) -> dict:
-    """The run's objects and its pods' phases."""
+    """The run's objects, its pods' phases, and why a pending pod waits."""
     objects = cluster.run_objects(name)
     if not objects:
         raise UserError(f"no run '{name}' in namespace {cluster.namespace}")
     pods = cluster.pods(name)
-    return {
+    out = {
         "run": name,
         "objects": [f"{k}/{n}" for k, n in objects],
         "pods": {p.metadata.name: p.status.phase for p in pods},
     }
+    waiting = {p.metadata.name: r for p in pods if p.status.phase == "Pending" and (r := _waiting_reason(p))}
+    if waiting:
+        out["waiting"] = waiting
+    return out
 
 
-def logs(name: str, cluster: Cluster, follow: bool = False, container: str | None = None, out=None) -> None:
-    """Print the logs of the run's pods (their first container unless ``container``); ``follow`` streams one."""
-    import sys
+def _main_container(pod, container: str | None) -> str:
+    return container or pod.spec.containers[0].name
 
+
+def _started(pod, container: str) -> bool:
+    for cs in (pod.status.container_statuses or []) + (pod.status.init_container_statuses or []):
+        if cs.name == container:
+            return bool(cs.state and (cs.state.running or cs.state.terminated))
+    return False
+
+
+def _not_started(pod, container: str) -> str:
+    where = f"on node {pod.spec.node_name}" if pod.spec.node_name else "not scheduled to a node"
+    why = _waiting_reason(pod)
+    return (f"pod {pod.metadata.name}: container {container} has not started yet ({pod.status.phase}, {where}"
+            + (f"; {why}" if why else "") + "): no logs to show")
+
+
+def logs(name: str, cluster: Cluster, follow: bool = False, container: str | None = None, out=None,
+         poll_seconds: float = 5.0) -> None:
+    """Print the logs of the run's pods (their main container unless ``container``). ``follow``: stream every
+    pod of the run, each line prefixed with the pod's name, including pods that start later, until all end."""
     out = out or sys.stdout
     pods = sorted(cluster.pods(name), key=lambda p: p.metadata.name)
     if not pods:
         raise UserError(f"run '{name}' has no pods yet in namespace {cluster.namespace}")
-    targets = pods[:1] if follow else pods
-    for pod in targets:
-        cname = container or pod.spec.containers[0].name
-        if len(targets) > 1:
-            print(f"==> {pod.metadata.name} ({cname}) <==", file=out)
-        if follow:
-            stream = cluster.core.read_namespaced_pod_log(pod.metadata.name, cluster.namespace, container=cname,
-                                                          follow=True, _preload_content=False)
-            for chunk in stream.stream():
-                out.write(chunk.decode(errors="replace"))
-        else:
+    if not follow:
+        for pod in pods:
+            cname = _main_container(pod, container)
+            if not _started(pod, cname):
+                print(_not_started(pod, cname), file=sys.stderr)
+                continue
+            if len(pods) > 1:
+                print(f"==> {pod.metadata.name} ({cname}) <==", file=out)
             out.write(cluster.core.read_namespaced_pod_log(pod.metadata.name, cluster.namespace, container=cname))
+        return
+    lock, threads, told = threading.Lock(), {}, set()
+
+    def stream(pod_name: str, cname: str) -> None:
+        resp = cluster.core.read_namespaced_pod_log(pod_name, cluster.namespace, container=cname, follow=True,
+                                                    _preload_content=False)
+        pending = b""
+        for chunk in resp.stream():
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            with lock:
+                for line in lines:
+                    out.write(f"[{pod_name}] {line.decode(errors='replace')}\n")
+                out.flush()
+        if pending:
+            with lock:
+                out.write(f"[{pod_name}] {pending.decode(errors='replace')}\n")
+
+    while True:
+        pods = cluster.pods(name)
+        for pod in pods:
+            cname = _main_container(pod, container)
+            if pod.metadata.name in threads:
+                continue
+            if _started(pod, cname):
+                t = threading.Thread(target=stream, args=(pod.metadata.name, cname), daemon=True)
+                threads[pod.metadata.name] = t
+                t.start()
+            elif pod.metadata.name not in told:
+                told.add(pod.metadata.name)
+                with lock:
+                    print(_not_started(pod, cname).replace("no logs to show", "waiting"), file=sys.stderr)
+        live = [p for p in pods if p.status.phase in ("Pending", "Running")]
+        if not live and all(not t.is_alive() for t in threads.values()):
+            return
+        time.sleep(poll_seconds)
