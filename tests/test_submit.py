@@ -1,200 +1,374 @@
-"""The submitter's API calls: create, refuse an existing run, replace, status, logs, cancel.
+"""The submitter against a real control plane (tests/controlplane.py): the `kubernetes` client, the API server's
+strict validation and Pod Security admission, the Job controller, the scheduler and the garbage collector.
 
-`test_*_on_a_real_cluster` runs against the API server of $KUBECONFIG when one is reachable (pytest -m cluster)
-and is skipped otherwise with the reason. No API server can run on the CI machine, so the same calls are also
-driven through the real `kubernetes` client against a stub API server on localhost (`StubApiServer`): a stand-in
-for the cluster boundary, checked beside the real test, not instead of it.
+Each test gets its own namespace that enforces Pod Security "restricted", with the shared volume (a PVC bound to
+a PV: there is no provisioner), the accounts of k8s/rbac.yaml, and a kubeconfig for the `rlvsdistill-submitter`
+account, so the Role in k8s/rbac.yaml is what every submitter call runs under. There is no kubelet: pods are
+created, admitted and bound, never run. `KubeletStandIn` does the one thing a kubelet would that the tests need:
+it finishes deleting pods (a bound pod is only removed once its kubelet confirms).
 """
 
 import json
-import os
 import threading
+import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
 
-from conftest import ROOT, SHARED, need
+from conftest import GPU_NODES, ROOT, SHARED
+from controlplane import SA_ISSUER
 from rlvsdistill.cli import main
+from rlvsdistill.cluster.jobwatch import JobReader, wait_for_shards
+from rlvsdistill.io import UserError
 
 CRD = SHARED / "k8s" / "crds" / "kubeflow.org_pytorchjobs.yaml"
-COLLECTIONS = {  # path prefix inside a namespace -> (apiVersion, list kind)
-    "/api/v1/namespaces/{ns}/configmaps": ("v1", "ConfigMapList"),
-    "/api/v1/namespaces/{ns}/pods": ("v1", "PodList"),
-    "/apis/batch/v1/namespaces/{ns}/jobs": ("batch/v1", "JobList"),
-    "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs": ("kubeflow.org/v1", "PyTorchJobList"),
-}
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
-class StubApiServer:
-    """A stand-in for the Kubernetes API server: stores objects per collection and answers the submitter's calls
-    (list with a label selector, create with 409 on a duplicate, delete, read the PyTorchJob CRD, pod logs).
-    Creating a Job also creates one running pod for it, as a cluster would."""
+def wait_until(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.3)
 
-    def __init__(self, namespace="rlvsdistill"):
-        self.ns = namespace
-        self.store = {p.format(ns=namespace): {} for p in COLLECTIONS}
-        self.calls = []
-        crd = yaml.safe_load(need(CRD).read_text())
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
+class KubeletStandIn(threading.Thread):
+    """Stand-in for the kubelet's last step: a pod marked for deletion is removed (grace period 0)."""
+
+    def __init__(self, core, namespace):
+        super().__init__(daemon=True)
+        self.core, self.ns, self.stop = core, namespace, threading.Event()
+
+    def run(self):
+        while not self.stop.wait(0.3):
+            try:
+                for pod in self.core.list_namespaced_pod(self.ns).items:
+                    if pod.metadata.deletion_timestamp:
+                        self.core.delete_namespaced_pod(pod.metadata.name, self.ns, grace_period_seconds=0)
+            except Exception:  # noqa: BLE001 - a pod gone meanwhile; the namespace deleted at teardown
                 pass
 
-            def _send(self, code, body):
-                data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json" if not isinstance(body, str) else "text/plain")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
-            def _route(self):
-                url = urlparse(self.path)
-                for prefix in server.store:
-                    if url.path == prefix:
-                        return prefix, None, url
-                    if url.path.startswith(prefix + "/"):
-                        return prefix, url.path[len(prefix) + 1:], url
-                return None, None, url
+class Namespace:
+    """One test's namespace, its admin clients and the submitter's kubeconfig."""
 
-            def do_GET(self):
-                server.calls.append(("GET", self.path))
-                if self.path.startswith("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"):
-                    return self._send(200, crd)
-                prefix, name, url = self._route()
-                if prefix is None:
-                    return self._send(404, {"kind": "Status", "code": 404})
-                if name and name.endswith("/log"):
-                    return self._send(200, f"log of {name[:-4]} container={parse_qs(url.query)['container'][0]}\n")
-                selector = parse_qs(url.query).get("labelSelector", [""])[0]
-                key, _, value = selector.partition("=")
-                items = [o for o in server.store[prefix].values()
-                         if not key or o["metadata"].get("labels", {}).get(key) == value]
-                api, kind = next(v for p, v in COLLECTIONS.items() if p.format(ns=server.ns) == prefix)
-                return self._send(200, {"apiVersion": api, "kind": kind, "metadata": {}, "items": items})
+    def __init__(self, cp, name, tmp_path):
+        from kubernetes import client, utils
 
-            def do_POST(self):
-                server.calls.append(("POST", self.path))
-                prefix, _, _ = self._route()
-                obj = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                name = obj["metadata"]["name"]
-                if name in server.store[prefix]:
-                    return self._send(409, {"kind": "Status", "code": 409, "reason": "AlreadyExists"})
-                obj["metadata"]["uid"] = str(uuid.uuid4())
-                server.store[prefix][name] = obj
-                if obj["kind"] == "Job":
-                    pod = {"apiVersion": "v1", "kind": "Pod",
-                           "metadata": {"name": f"{name}-abcde", "labels": obj["spec"]["template"]["metadata"]["labels"]},
-                           "spec": obj["spec"]["template"]["spec"], "status": {"phase": "Running"}}
-                    server.store[f"/api/v1/namespaces/{server.ns}/pods"][pod["metadata"]["name"]] = pod
-                return self._send(201, obj)
+        self.name, self.cp = name, cp
+        self.api = cp.api_client()
+        self.core, self.batch = client.CoreV1Api(self.api), client.BatchV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
+        self.core.create_namespace({"metadata": {"name": name, "labels": RESTRICTED}})
+        self.core.create_persistent_volume({"metadata": {"name": f"{name}-data"}, "spec": {
+            "capacity": {"storage": "2Ti"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+            "nfs": {"server": "nfs.example.org", "path": "/data"},
+            "claimRef": {"namespace": name, "name": "rlvsdistill-data"}}})
+        self.core.create_namespaced_persistent_volume_claim(name, {"metadata": {"name": "rlvsdistill-data"}, "spec": {
+            "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-data",
+            "resources": {"requests": {"storage": "2Ti"}}}})
+        for doc in yaml.safe_load_all((ROOT / "k8s" / "rbac.yaml").read_text()):
+            if doc["kind"].startswith("Cluster"):
+                doc["metadata"]["name"] += f"-{name}"
+                if doc["kind"] == "ClusterRoleBinding":
+                    doc["roleRef"]["name"] += f"-{name}"
+            else:
+                doc["metadata"]["namespace"] = name
+            for subject in doc.get("subjects", []):
+                subject["namespace"] = name
+            utils.create_from_dict(self.api, doc, namespace=name)
+        self.kubeconfig = tmp_path / "submitter-kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "submitter",
+            "clusters": [{"name": "envtest", "cluster": {"server": cp.server,
+                                                         "certificate-authority": str(cp.dir / "ca.crt")}}],
+            "contexts": [{"name": "submitter", "context": {"cluster": "envtest", "user": "submitter"}}],
+            "users": [{"name": "submitter", "user": {"token": self.token("rlvsdistill-submitter")}}]}))
+        self.kubelet = KubeletStandIn(self.core, name)
+        self.kubelet.start()
 
-            def do_DELETE(self):
-                server.calls.append(("DELETE", self.path))
-                prefix, name, _ = self._route()
-                obj = server.store[prefix].pop(name, None)
-                if obj is None:
-                    return self._send(404, {"kind": "Status", "code": 404})
-                if obj["kind"] == "Job":
-                    pods = server.store[f"/api/v1/namespaces/{server.ns}/pods"]
-                    for pod_name in [p for p in pods if p.startswith(name + "-")]:
-                        del pods[pod_name]
-                return self._send(200, {"kind": "Status", "status": "Success"})
+    def token(self, account):
+        """A real, short-lived token of a ServiceAccount (TokenRequest)."""
+        request = {"spec": {"audiences": [SA_ISSUER], "expirationSeconds": 3600}}
+        return self.core.create_namespaced_service_account_token(account, self.name, request).status.token
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def pods(self, selector):
+        return self.core.list_namespaced_pod(self.name, label_selector=selector).items
 
-    def kubeconfig(self, path):
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "stub",
-            "clusters": [{"name": "stub", "cluster": {"server": self.url}}],
-            "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub"}}],
-            "users": [{"name": "stub", "user": {}}]}))
-        return path
+    def events(self, name):
+        return [f"{e.reason}: {e.message}" for e in self.core.list_namespaced_event(self.name).items
+                if e.involved_object.name == name]
 
     def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.kubelet.stop.set()
+        for pod in self.core.list_namespaced_pod(self.name).items:  # frees the fake nodes' GPUs for other tests
+            try:
+                self.core.patch_namespaced_pod(pod.metadata.name, self.name, {"metadata": {"finalizers": None}})
+                self.core.delete_namespaced_pod(pod.metadata.name, self.name, grace_period_seconds=0)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.core.delete_namespace(self.name)
+        self.core.delete_persistent_volume(f"{self.name}-data")
 
 
 @pytest.fixture
-def stub(tmp_path, monkeypatch):
-    server = StubApiServer()
-    monkeypatch.setenv("KUBECONFIG", str(server.kubeconfig(tmp_path / "kubeconfig")))
+def ns(control_plane, tmp_path, monkeypatch):
+    space = Namespace(control_plane, f"t-{uuid.uuid4().hex[:8]}", tmp_path)
+    monkeypatch.setenv("KUBECONFIG", str(space.kubeconfig))
     monkeypatch.chdir(ROOT)
-    yield server
-    server.close()
-
-
-def submit_args(kind="sft", config="configs/paper/sft_qwen2.5_3b.yaml", cluster="configs/cluster/multi-node.yaml"):
-    return ["submit", kind, "--config", config, "--cluster", cluster, "--image-tag", "t1", "--name", "run-a"]
-
-
-def test_submit_status_logs_cancel_against_stub_api_server(stub, capsys):
-    assert main(submit_args()) == 0  # a PyTorchJob, checked against the CRD the server serves
-    out = capsys.readouterr().out
-    assert "run 'run-a' submitted (ConfigMap/run-a-config, PyTorchJob/run-a)" in out
-    posts = [c for c in stub.calls if c[0] == "POST"]
-    assert [p[1].rsplit("/", 1)[-1] for p in posts] == ["configmaps", "pytorchjobs"]  # config first
-    assert ("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/pytorchjobs.kubeflow.org") in stub.calls
-    created = stub.store["/apis/kubeflow.org/v1/namespaces/rlvsdistill/pytorchjobs"]["run-a"]
-    assert created["metadata"]["labels"]["rlvsdistill.io/image-tag"] == "t1"
-
-    assert main(submit_args()) == 2  # the same name again: refused, nothing sent
-    assert "run 'run-a' already exists" in capsys.readouterr().err
-    assert len([c for c in stub.calls if c[0] == "POST"]) == 2
-
-    assert main(["cancel", "run-a", "--cluster", "configs/cluster/multi-node.yaml"]) == 0
-    assert "deleted" in capsys.readouterr().out
-    assert not stub.store["/apis/kubeflow.org/v1/namespaces/rlvsdistill/pytorchjobs"]
-
-
-def test_replace_status_and_logs_of_a_job_against_stub_api_server(stub, capsys):
-    single = submit_args(cluster="configs/cluster/single-node.yaml")
-    assert main(single) == 0
-    assert main(single + ["--replace"]) == 0  # deleted, then created again
-    deletes = [c for c in stub.calls if c[0] == "DELETE"]
-    assert {d[1].rsplit("/", 2)[-2] for d in deletes} == {"jobs", "configmaps"}
-    capsys.readouterr()
-    assert main(["status", "run-a", "--cluster", "configs/cluster/single-node.yaml"]) == 0
-    status = json.loads(capsys.readouterr().out)
-    assert status["objects"] == ["Job/run-a", "ConfigMap/run-a-config"] and status["pods"] == {"run-a-abcde": "Running"}
-    assert main(["logs", "run-a", "--cluster", "configs/cluster/single-node.yaml"]) == 0
-    assert "log of run-a-abcde container=trainer" in capsys.readouterr().out
-
-
-def _reachable_cluster():
-    if not os.environ.get("KUBECONFIG") and not os.path.exists(os.path.expanduser("~/.kube/config")):
-        return "no KUBECONFIG and no ~/.kube/config"
     try:
-        from kubernetes import client, config
-
-        config.load_kube_config()
-        client.VersionApi().get_code(_request_timeout=5)
-    except Exception as exc:  # noqa: BLE001 - any failure means: no cluster to test against
-        return f"no reachable API server ({type(exc).__name__})"
-    return None
-
-
-@pytest.mark.cluster
-def test_submit_status_cancel_on_a_real_cluster(capsys, monkeypatch):
-    why = _reachable_cluster()
-    if why:
-        pytest.skip(f"real-cluster test: {why}")
-    monkeypatch.chdir(ROOT)
-    namespace = os.environ.get("RLVSDISTILL_TEST_NAMESPACE", "rlvsdistill")
-    args = ["submit", "eval", "--config", "configs/cpu/eval_tiny.yaml", "--image-tag", "integration",
-            "--name", f"it-{uuid.uuid4().hex[:8]}", "--namespace", namespace]
-    name = args[-3]
-    try:
-        assert main(args) == 0
-        assert main(args) == 2 and "already exists" in capsys.readouterr().err
-        assert main(["status", name, "--namespace", namespace]) == 0
-        assert name in capsys.readouterr().out
+        yield space
     finally:
-        assert main(["cancel", name, "--namespace", namespace]) == 0
+        space.close()
+
+
+def submit_args(ns, kind="sft", config="configs/paper/sft_qwen2.5_3b.yaml", cluster="configs/cluster/multi-node.yaml",
+                name="run-a"):
+    return ["submit", kind, "--config", config, "--cluster", str(cluster), "--image-tag", "t1", "--name", name,
+            "--namespace", ns.name]
+
+
+def cluster_file(tmp_path, **values):
+    base = yaml.safe_load((ROOT / "configs" / "cluster" / "single-node.yaml").read_text())
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({**base, **values}))
+    return path
+
+
+def test_submit_refuse_status_cancel_a_pytorchjob(ns, capsys):
+    assert main(submit_args(ns)) == 0  # validated against the CRD the cluster serves, created strictly
+    out = capsys.readouterr().out
+    assert "run 'run-a' submitted (ConfigMap/run-a-config, NetworkPolicy/run-a-ingress, PyTorchJob/run-a)" in out
+    from kubernetes import client
+
+    job = client.CustomObjectsApi(ns.api).get_namespaced_custom_object("kubeflow.org", "v1", ns.name,
+                                                                       "pytorchjobs", "run-a")
+    assert job["metadata"]["labels"]["rlvsdistill.io/image-tag"] == "t1"
+    config_map = ns.core.read_namespaced_config_map("run-a-config", ns.name)
+    assert [(o.kind, o.uid) for o in config_map.metadata.owner_references] == [("PyTorchJob", job["metadata"]["uid"])]
+
+    assert main(submit_args(ns)) == 2  # the same name again: refused, nothing sent
+    assert "run 'run-a' already exists" in capsys.readouterr().err
+    assert main(["status", "run-a", "--namespace", ns.name]) == 0
+    assert json.loads(capsys.readouterr().out)["objects"] == ["NetworkPolicy/run-a-ingress", "ConfigMap/run-a-config",
+                                                               "PyTorchJob/run-a"]
+    assert main(["cancel", "run-a", "--namespace", ns.name]) == 0
+    assert "deleted" in capsys.readouterr().out
+    wait_until(lambda: main(["status", "run-a", "--namespace", ns.name]) == 2, 30, "the run to be gone")
+    assert "no run 'run-a'" in capsys.readouterr().err
+
+
+def test_replace_status_and_logs_of_a_job_without_a_kubelet(ns, capsys):
+    single = submit_args(ns, cluster="configs/cluster/single-node.yaml")
+    assert main(single) == 0
+    first = wait_until(lambda: ns.pods("rlvsdistill.io/run=run-a"), 30, "the Job's pod")[0].metadata.uid
+    assert main(single + ["--replace"]) == 0  # deleted (and waited for), then created again
+    pod = wait_until(lambda: [p for p in ns.pods("rlvsdistill.io/run=run-a") if p.metadata.uid != first
+                              and p.spec.node_name], 30, "the new pod to be bound")[0]
+    capsys.readouterr()
+    assert main(["status", "run-a", "--namespace", ns.name]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["pods"] == {pod.metadata.name: "Pending"}
+    assert main(["logs", "run-a", "--namespace", ns.name]) == 0
+    err = capsys.readouterr().err
+    assert (f"pod {pod.metadata.name}: container trainer has not started yet (Pending, on node "
+            f"{pod.spec.node_name}): no logs to show") in err
+
+
+def test_every_rendered_workload_passes_the_servers_strict_validation(ns):
+    from rlvsdistill.cluster.render import prepare_run, render_objects
+    from rlvsdistill.cluster.settings import load_settings
+    from rlvsdistill.cluster.submit import Cluster
+    from test_cluster import CLUSTERS, job_configs
+
+    cluster = Cluster(ns.name)
+    checked = 0
+    for path in CLUSTERS:
+        settings = load_settings(str(path))
+        for kind, config in job_configs():
+            for obj in render_objects(prepare_run(kind, str(config), [], settings, "t1")):
+                obj["metadata"]["namespace"] = ns.name
+                cluster.create(obj, dry_run=True)  # raises on any field the server does not know
+                checked += 1
+    assert checked > 50
+    multi = load_settings("configs/cluster/multi-node.yaml")
+    job = render_objects(prepare_run("sft", "configs/paper/sft_qwen2.5_3b.yaml", [], multi, "t1"))[-1]
+    job["metadata"]["namespace"] = ns.name
+    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resourcez"] = {}
+    with pytest.raises(cluster.ApiException, match="unknown field"):
+        cluster.create(job, dry_run=True)
+
+
+def test_restricted_namespace_admits_every_pod_of_every_job(ns, capsys):
+    from rlvsdistill.cluster.examples import EXAMPLES
+
+    expected = {}
+    for i, (example, (kind, config, cluster)) in enumerate(sorted(EXAMPLES.items())):
+        if "pytorchjob" in example:
+            continue  # the operator makes those pods: see test_pytorchjob_worker_pod_with_the_operators_init_...
+        name = f"r{i}"
+        assert main(submit_args(ns, kind, config, cluster, name)) == 0
+        for job in ns.batch.list_namespaced_job(ns.name, label_selector=f"rlvsdistill.io/run={name}").items:
+            expected[job.metadata.name] = min(job.spec.parallelism or 1, job.spec.completions or 1)
+    assert {"r0", "r0-merge", "r1", "r2", "r4"} <= set(expected)  # eval shards + merge, generate, grpo, sft
+    for job, count in expected.items():
+        wait_until(lambda: len(ns.pods(f"job-name={job}")) == count, 60,
+                   f"{count} pod(s) of Job {job}; its events: {ns.events(job)}")
+        assert not [e for e in ns.events(job) if e.startswith("FailedCreate")]
+    grpo_pod = ns.pods("job-name=r2")[0]
+    assert [c.name for c in grpo_pod.spec.init_containers] == ["vllm"]  # the sidecar went through admission
+    # The same check fails where it should: a Job without the pod securityContext gets no pod.
+    ns.batch.create_namespaced_job(ns.name, {"metadata": {"name": "bad"}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "containers": [{"name": "x", "image": "busybox"}]}}}})
+    wait_until(lambda: any('violates PodSecurity "restricted:latest"' in e for e in ns.events("bad")), 30,
+               "FailedCreate of the non-compliant Job")
+    assert ns.pods("job-name=bad") == []
+
+
+def test_scheduler_binds_grpo_to_an_8_gpu_node_and_refuses_what_cannot_fit(ns, tmp_path, capsys):
+    grpo = ["grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "configs/cluster/single-node.yaml"]
+    for name in ("g1", "g2"):
+        assert main(submit_args(ns, *grpo, name=name)) == 0
+    bound = [wait_until(lambda n=name: [p for p in ns.pods(f"job-name={n}") if p.spec.node_name], 30,
+                        f"{name} bound")[0] for name in ("g1", "g2")]
+    assert {p.spec.node_name for p in bound} == set(GPU_NODES)  # one 8-GPU node each: trainer 7 + sidecar 1
+    gpus = [int(c.resources.limits["nvidia.com/gpu"]) for c in bound[0].spec.containers + bound[0].spec.init_containers]
+    assert sorted(gpus) == [1, 7]
+    # A third run fits a node but none is free: it stays Pending, and `status` says why.
+    assert main(submit_args(ns, *grpo, name="g3")) == 0
+    capsys.readouterr()
+    wait_until(lambda: main(["status", "g3", "--namespace", ns.name]) == 0 and "Insufficient nvidia.com/gpu" in
+               capsys.readouterr().out, 30, "g3 reported unschedulable")
+    # A run no node can ever hold is refused before anything is created.
+    too_big = cluster_file(tmp_path, grpo_gpus_per_node=16)
+    assert main(submit_args(ns, "grpo", grpo[1], too_big, name="g4")) == 2
+    assert "a pod needs 16 nvidia.com/gpu, but the largest node has 8" in capsys.readouterr().err
+    assert ns.batch.list_namespaced_job(ns.name, label_selector="rlvsdistill.io/run=g4").items == []
+
+
+def test_indexed_eval_job_creates_one_pod_per_shard(ns):
+    args = submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
+                       "configs/cluster/single-node.yaml", name="ev")
+    assert main(args + ["num_shards=3"]) == 0
+    pods = wait_until(lambda: (p := ns.pods("job-name=ev")) and len(p) == 3 and p, 30, "3 shard pods")
+    indexes = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in pods}
+    assert indexes == {"0", "1", "2"}
+
+
+def test_a_queued_run_waits_suspended_until_kueue_admits_it(ns):
+    args = submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
+                       "configs/cluster/multi-node.yaml", name="ev")  # multi-node.yaml names a Kueue queue
+    assert main(args) == 0
+    job = ns.batch.read_namespaced_job("ev", ns.name)
+    assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    time.sleep(2)
+    assert ns.pods("job-name=ev") == []  # no pod, no GPU taken while queued
+    ns.batch.patch_namespaced_job("ev", ns.name, {"spec": {"suspend": False}})  # what Kueue does on admission
+    wait_until(lambda: len(ns.pods("job-name=ev")) == 4, 30, "the shard pods once admitted")
+
+
+def test_cancel_leaves_no_object_of_the_run(ns, capsys):
+    assert main(submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
+                            "configs/cluster/single-node.yaml", name="ev")) == 0
+    wait_until(lambda: len(ns.pods("rlvsdistill.io/run=ev")) == 5, 30, "4 shard pods and the merge pod")
+    assert main(["cancel", "ev", "--namespace", ns.name]) == 0
+
+    def leftovers():
+        sel = "rlvsdistill.io/run=ev"
+        return (ns.batch.list_namespaced_job(ns.name, label_selector=sel).items
+                + ns.core.list_namespaced_config_map(ns.name, label_selector=sel).items
+                + ns.networking.list_namespaced_network_policy(ns.name, label_selector=sel).items
+                + ns.pods(sel))
+
+    wait_until(lambda: not leftovers(), 60, "every object of the run to be gone")
+
+
+def test_config_map_and_network_policy_go_with_their_job(ns):
+    assert main(submit_args(ns, cluster="configs/cluster/single-node.yaml")) == 0
+    ns.batch.delete_namespaced_job("run-a", ns.name, propagation_policy="Background")  # as `kubectl delete job`
+    wait_until(lambda: not ns.core.list_namespaced_config_map(ns.name, label_selector="rlvsdistill.io/run=run-a").items
+               and not ns.networking.list_namespaced_network_policy(ns.name).items, 60,
+               "the garbage collector to delete the ConfigMap and NetworkPolicy")
+
+
+def test_a_failed_create_deletes_what_was_created(ns, capsys):
+    other = ns.batch.create_namespaced_job(ns.name, {"metadata": {"name": "run-a"}, "spec": {"template": {"spec": {
+        "restartPolicy": "Never", "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "x", "image": "busybox", "securityContext": {
+            "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]}}}})  # not ours: no run label
+    assert main(submit_args(ns, cluster="configs/cluster/single-node.yaml")) == 2
+    err = capsys.readouterr().err
+    assert "409 Conflict" in err and "deleted what was already created (ConfigMap/run-a-config, " \
+                                      "NetworkPolicy/run-a-ingress)" in err
+    assert ns.core.list_namespaced_config_map(ns.name, label_selector="rlvsdistill.io/run=run-a").items == []
+    assert ns.networking.list_namespaced_network_policy(ns.name).items == []
+    untouched = ns.batch.read_namespaced_job("run-a", ns.name)  # the other Job is left as it was
+    assert untouched.metadata.uid == other.metadata.uid and "rlvsdistill.io/run" not in untouched.metadata.labels
+
+
+def test_a_failed_shard_makes_the_merge_fail_fast(ns, tmp_path):
+    cluster = cluster_file(tmp_path, backoff_limit=0)  # one failure uses up a shard's retries
+    assert main(submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", cluster, "ev")) == 0
+    pods = wait_until(lambda: (p := ns.pods("job-name=ev")) and len(p) == 4 and p, 30, "4 shard pods")
+    merge_pod = wait_until(lambda: ns.pods("job-name=ev-merge"), 30, "the merge pod")[0]
+    assert merge_pod.spec.service_account_name == "rlvsdistill-merge"
+    # The merge reads the Job as its pod would: the merge account's own token, under k8s/rbac.yaml's Role.
+    token = tmp_path / "token"
+    token.write_text(ns.token("rlvsdistill-merge"))
+    reader = JobReader(ns.cp.server, ns.name, "ev", token, ns.cp.dir / "ca.crt")
+    run_dir = tmp_path / "run"
+    t0 = time.monotonic()
+    assert wait_for_shards(run_dir, 4, wait_seconds=1, reader=reader, poll_seconds=0.2) == [0, 1, 2, 3]
+    assert time.monotonic() - t0 < 10  # shards still running: the deadline ends the wait
+    # Shard 2's pod fails, as the kubelet would report it.
+    shard2 = next(p for p in pods if p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == "2")
+    ns.core.patch_namespaced_pod_status(shard2.metadata.name, ns.name, {"status": {"phase": "Failed"}})
+    wait_until(lambda: ns.batch.read_namespaced_job("ev", ns.name).status.failed_indexes, 30, "failedIndexes")
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match=r"shards Job .*/ev: shard\(s\) 2 failed permanently"):
+        wait_for_shards(run_dir, 4, wait_seconds=86400, reader=reader, poll_seconds=0.2)
+    assert time.monotonic() - t0 < 10  # at once, not after the day-long deadline
+
+
+def test_pytorchjob_worker_pod_with_the_operators_init_container_under_restricted(ns):
+    """The operator is not here: build the Worker pod it would make from our template (its labels, its env, its
+    `init-pytorch` container), and let admission judge it with the operator's default template and with ours."""
+    from rlvsdistill.cluster.render import prepare_run, render_objects
+    from rlvsdistill.cluster.settings import load_settings
+
+    run = prepare_run("grpo", "configs/paper/grpo_qwen2.5_3b.yaml", [],
+                      load_settings("configs/cluster/multi-node.yaml"), "t1", name="pt")
+    worker = render_objects(run)[-1]["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
+
+    def operator_pod(init_template: str) -> dict:
+        text = (init_template.replace("{{.InitContainerImage}}", "alpine:3.10").replace("{{.MaxTries}}", "100")
+                .replace("{{.MasterAddr}}", "pt-master-0"))
+        spec = {**worker["spec"], "initContainers": yaml.safe_load(text), "restartPolicy": "OnFailure"}
+        env = [{"name": "MASTER_ADDR", "value": "pt-master-0"}, {"name": "MASTER_PORT", "value": "23456"},
+               {"name": "RANK", "value": "1"}, {"name": "WORLD_SIZE", "value": "2"}]
+        spec["containers"] = [{**c, "env": c["env"] + env} for c in spec["containers"]]
+        labels = {**worker["metadata"]["labels"], "training.kubeflow.org/job-name": "pt",
+                  "training.kubeflow.org/replica-type": "worker", "training.kubeflow.org/replica-index": "0"}
+        return {"metadata": {"name": f"pt-worker-{uuid.uuid4().hex[:4]}", "labels": labels}, "spec": spec}
+
+    # training-operator v1.9's built-in template (pkg/controller.v1/pytorch/initcontainer.go): no securityContext
+    default = """
+- name: init-pytorch
+  image: {{.InitContainerImage}}
+  imagePullPolicy: IfNotPresent
+  resources: {limits: {cpu: 100m, memory: 20Mi}, requests: {cpu: 50m, memory: 10Mi}}
+  command: ['sh', '-c', 'err=1;for i in $(seq {{.MaxTries}}); do if nslookup {{.MasterAddr}}; then err=0 && break; fi;echo waiting for master; sleep 2; done; exit $err']
+"""
+    from kubernetes.client.exceptions import ApiException
+
+    with pytest.raises(ApiException, match="violates PodSecurity"):
+        ns.core.create_namespaced_pod(ns.name, operator_pod(default))
+    ours = yaml.safe_load((ROOT / "k8s" / "pytorch-init-container.yaml").read_text())["data"]["initContainer.yaml"]
+    created = ns.core.create_namespaced_pod(ns.name, operator_pod(ours))
+    assert [c.name for c in created.spec.init_containers] == ["init-pytorch"]
