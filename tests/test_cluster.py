@@ -2,6 +2,7 @@
 errors before any API call, the image's Dockerfile and requirement set."""
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -256,3 +257,144 @@ def test_image_requirements_resolve_for_cuda():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "torch==2.13.0" in proc.stdout and "vllm==0.31.0" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hardening
+# ---------------------------------------------------------------------------------------------------------
+
+
+def every_run():
+    """(cluster file, kind, config) of every example plus the multi-node eval and generate."""
+    for kind, config, cluster in EXAMPLES.values():
+        yield cluster, kind, config
+    yield "configs/cluster/multi-node.yaml", "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml"
+
+
+def pod_specs(obj):
+    if obj["kind"] == "Job":
+        return [obj["spec"]["template"]["spec"]]
+    if obj["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
+    return []
+
+
+def all_pods():
+    for cluster, kind, config in every_run():
+        run = prepare_run(kind, config, [], load_settings(cluster), "t1")
+        for obj in render_objects(run):
+            for spec in pod_specs(obj):
+                yield run, obj, spec
+
+
+def test_no_pod_gets_an_api_token_but_the_merge_and_its_own_projected_one():
+    for run, obj, spec in all_pods():
+        assert spec["automountServiceAccountToken"] is False, obj["metadata"]["name"]
+        projected = [v for v in spec["volumes"] if "projected" in v]
+        if obj["metadata"]["name"].endswith("-merge"):
+            [token] = projected
+            assert token["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 3600
+            assert spec["serviceAccountName"] == "rlvsdistill-merge"
+        else:
+            assert not projected
+
+
+def test_secrets_reach_only_the_containers_that_need_them():
+    seen = {}
+    for run, obj, spec in all_pods():
+        for c in spec["containers"] + spec.get("initContainers", []):
+            seen[c["name"]] = {e["name"] for e in c["env"] if "valueFrom" in e}
+    assert seen["merge"] == set()  # reads the volume only
+    assert seen["vllm"] == {"HF_TOKEN"}  # downloads the model, logs nothing to W&B
+    assert seen["eval"] == seen["generate"] == {"HF_TOKEN"}
+    assert seen["pytorch"] == {"HF_TOKEN", "WANDB_API_KEY"}  # multi-node.yaml names both secrets
+
+
+def test_network_policy_admits_only_the_runs_own_pods():
+    run = grpo_run(load_settings("configs/cluster/multi-node.yaml"))
+    objects = render_objects(run)
+    [policy] = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    own = {"podSelector": {"matchLabels": {"rlvsdistill.io/run": run.name}}}
+    assert policy["spec"]["podSelector"] == own["podSelector"] and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"from": [own]}]  # no namespaceSelector, no ipBlock: nobody else
+    for spec in pod_specs(objects[-1]):
+        assert spec.get("containers") and all(
+            {"rlvsdistill.io/run": run.name}.items() <= objects[-1]["spec"]["pytorchReplicaSpecs"][r]["template"][
+                "metadata"]["labels"].items() for r in ("Master", "Worker"))
+    sidecar = objects[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["initContainers"][0]
+    assert {p["containerPort"] for p in sidecar["ports"]} == {8000, 51216}  # vLLM API, TRL weight-sync group
+    assert "vllm:8000,weight-sync:51216" == policy["metadata"]["annotations"]["rlvsdistill.io/serves"]
+
+
+def test_cpu_only_containers_see_no_gpu_and_gpu_ones_keep_them():
+    for run, obj, spec in all_pods():
+        for c in spec["containers"] + spec.get("initContainers", []):
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            gpus = int(c["resources"]["limits"].get("nvidia.com/gpu", 0))
+            assert (env.get("NVIDIA_VISIBLE_DEVICES") == "void") == (gpus == 0), c["name"]
+
+
+def test_volumes_caches_and_security_context():
+    for run, obj, spec in all_pods():
+        assert spec["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert "emptyDir" in volumes["cache"] and "emptyDir" in volumes["tmp"]
+        for c in spec["containers"]:
+            mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+            assert mounts["/cache"] == "cache" and mounts["/tmp"] == "tmp"  # HF, Triton, torch, XDG caches
+
+
+def test_model_cache_pvc_is_mounted_read_only_and_pods_go_offline():
+    settings = dataclasses.replace(load_settings("configs/cluster/multi-node.yaml"), model_cache_pvc="models")
+    job = render_objects(grpo_run(settings))[-1]
+    spec = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "models"}} in spec["volumes"]
+    trainer = spec["containers"][0]
+    assert {"name": "model-cache", "mountPath": "/cache/huggingface/hub", "readOnly": True} in trainer["volumeMounts"]
+    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in trainer["env"]
+
+
+def test_yaml_has_no_aliases():
+    for name in EXAMPLES:
+        text = render_example(name)
+        assert "&id" not in text and "*id" not in text, name
+
+
+def test_single_shard_eval_has_no_second_merge_and_the_merge_runs_once():
+    one = prepare_run("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", ["num_shards=1"],
+                      load_settings("configs/cluster/single-node.yaml"), "t1")
+    assert [o["kind"] for o in render_objects(one)] == ["ConfigMap", "NetworkPolicy", "Job"]  # the shard merges
+    four = prepare_run("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", [],
+                       load_settings("configs/cluster/single-node.yaml"), "t1")
+    merge = render_objects(four)[-1]
+    assert merge["metadata"]["name"].endswith("-merge") and merge["spec"]["backoffLimit"] == 0
+
+
+def test_kueue_startup_allowance_must_fit_wait_for_pods_ready(tmp_path, capsys):
+    bad = tmp_path / "cluster.yaml"
+    bad.write_text("queue: gpu-queue\nkueue_pods_ready_timeout_seconds: 300\nvllm_startup_seconds: 1800\n")
+    assert main(["submit", "grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t",
+                 "--cluster", str(bad), "--dry-run"]) == 2
+    assert "vllm_startup_seconds: 1800 exceeds kueue_pods_ready_timeout_seconds: 300" in capsys.readouterr().err
+    bad.write_text("queue: gpu-queue\nkueue_pods_ready_timeout_seconds: 600\nvllm_startup_seconds: 600\n")
+    assert main(["submit", "grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t",
+                 "--cluster", str(bad), "--dry-run"]) == 0
+    job = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d][-1]
+    sidecar = job["spec"]["template"]["spec"]["initContainers"][0]
+    assert sidecar["startupProbe"]["failureThreshold"] * sidecar["startupProbe"]["periodSeconds"] == 600
+    assert job["spec"]["suspend"] is True
+
+
+@pytest.mark.parametrize("setting,override,fragment", [
+    ("queue: Not_A_Label", [], "queue: 'Not_A_Label' is not a valid Kubernetes DNS label"),
+    ("pvc: data/v1", [], "pvc: 'data/v1' is not a valid Kubernetes object name"),
+    ("model_cache_pvc: a/b", [], "model_cache_pvc: 'a/b' is not a valid Kubernetes object name"),
+    ("namespace: rlvsdistill", ["num_shards=0"], "num_shards: must be a positive integer"),
+])
+def test_bad_input_is_named_and_nothing_is_sent(setting, override, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")  # any API call would fail differently
+    cluster = tmp_path / "cluster.yaml"
+    cluster.write_text(setting + "\n")
+    assert main(["submit", "eval", "--config", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", "--image-tag",
+                 "t", "--cluster", str(cluster), *override]) == 2
+    assert fragment in capsys.readouterr().err

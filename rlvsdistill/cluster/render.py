@@ -105,8 +105,6 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
                         " the results would vanish with the pod")
     if kind == "grpo":
         problems += _grpo_cluster_problems(values, settings, config_path)
-    if kind == "eval" and (not isinstance(values.get("num_shards", 1), int) or values.get("num_shards", 1) < 1):
-        problems.append(f"{config_path}: num_shards: {values.get('num_shards')!r} must be a positive integer")
     if problems:
         raise UserError(f"cannot render {kind} run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     if kind == "grpo" and settings.vllm_gpus:
