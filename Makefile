@@ -96,13 +96,21 @@ submit-eval: $(VENV)/.installed ## submit an evaluation (indexed Job of shards +
 submit-generate: $(VENV)/.installed ## submit teacher sampling for distillation data
 	$(call SUBMIT,generate,$(GENERATE_CONFIG))
 
-.PHONY: render-grpo render-sft render-eval
+.PHONY: render-grpo render-sft render-eval render-generate
 render-grpo: $(VENV)/.installed ## print the GRPO run's YAML (validated, nothing sent)
 	@$(call SUBMIT,grpo,$(GRPO_CONFIG)) --dry-run
 render-sft: $(VENV)/.installed ## print the SFT run's YAML
 	@$(call SUBMIT,sft,$(SFT_CONFIG)) --dry-run
 render-eval: $(VENV)/.installed ## print the evaluation's YAML
 	@$(call SUBMIT,eval,$(EVAL_CONFIG)) --dry-run
+render-generate: $(VENV)/.installed ## print the teacher sampling Job's YAML
+	@$(call SUBMIT,generate,$(GENERATE_CONFIG)) --dry-run
+
+# The kind is the config file's prefix: configs/paper/grpo_*.yaml -> grpo.
+PREFETCH_CONFIG = $(or $(CONFIG),$(GRPO_CONFIG))
+.PHONY: prefetch-model
+prefetch-model: $(VENV)/.installed ## download CONFIG's model into the cluster's model_cache_pvc (a CPU Job)
+	$(call SUBMIT,$(firstword $(subst _, ,$(notdir $(PREFETCH_CONFIG)))),$(PREFETCH_CONFIG)) --prefetch-model
 
 .PHONY: status logs cancel
 status: $(VENV)/.installed ## show a run (RUN=name)

@@ -165,6 +165,8 @@ def _add_cluster_commands(sub) -> None:
     p.add_argument("--name", help="run name (default: from the kind and the config file name)")
     p.add_argument("--dry-run", action="store_true", help="print the YAML and send nothing")
     p.add_argument("--replace", action="store_true", help="delete a run of the same name first")
+    p.add_argument("--prefetch-model", action="store_true",
+                   help="instead of the run, submit a Job that downloads its model into model_cache_pvc")
     p.add_argument("--resume-anyway", action="store_true",
                    help="resume the checkpoints on the volume even if they were made with another config hash")
     p.add_argument("--crd", help="PyTorchJob CRD YAML to validate against (default: read from the cluster)")
@@ -200,7 +202,7 @@ def _run_submit(args) -> int:
 
     settings = _settings(args)
     run = prepare_run(args.kind, args.config, args.overrides, settings, args.image_tag, args.name, args.cluster,
-                      args.resume_anyway)
+                      args.resume_anyway, args.prefetch_model)
     crd_path = args.crd or os.environ.get(CRD_ENV)
     schema = crd_schema_from_file(crd_path) if crd_path else None
     if args.dry_run:

@@ -22,6 +22,7 @@ from .io import UserError, read_jsonl, write_json, write_jsonl
 from .paths import (
     SAMPLES_FILE,
     SUMMARY_FILE,
+    check_resume,
     mark_complete,
     part_file,
     resolve_output_dir,
@@ -74,6 +75,7 @@ def run_shard(cfg, generator=None) -> Path:
     problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
     mine = shard_problems(problems, index, cfg.num_shards)
     shard = shard_dir(run_dir, index, cfg.num_shards)
+    check_resume(run_dir)  # every shard: parts of another config are never resumed
     shard.mkdir(parents=True, exist_ok=True)
     if index == 0:
         write_run_record(run_dir, "eval", cfg)

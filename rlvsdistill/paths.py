@@ -14,9 +14,11 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from .io import write_json
+from .io import UserError, write_json
 
 ROOT_ENV = "RLVSDISTILL_ROOT"
+CONFIG_HASH_ENV = "RLVSDISTILL_CONFIG_HASH"  # set by the submitter in every pod: the run's config hash
+RESUME_ANYWAY_ENV = "RLVSDISTILL_RESUME_ANYWAY"  # `submit --resume-anyway`
 COMPLETE_MARKER = ".complete"
 RUN_RECORD = "run_record.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -79,11 +81,28 @@ def git_commit() -> str | None:
         return None
 
 
+def check_resume(output_dir: str | os.PathLike) -> None:
+    """Refuse to resume outputs made under another config hash (``submit --replace`` with a changed config),
+    unless $RLVSDISTILL_RESUME_ANYWAY=1. Runs without a hash (local runs) are not compared."""
+    path = Path(output_dir) / RUN_RECORD
+    mine = os.environ.get(CONFIG_HASH_ENV)
+    if not mine or not path.is_file():
+        return
+    theirs = json.loads(path.read_text()).get("config_hash")
+    if theirs and theirs != mine and os.environ.get(RESUME_ANYWAY_ENV) != "1":
+        raise UserError(f"{path}: the outputs here were made with config hash {theirs}, this run's is {mine}; "
+                        "resuming would mix two configs. Use another output_dir (or --name), delete the old "
+                        "outputs, or resubmit with --resume-anyway")
+
+
 def write_run_record(output_dir: str | os.PathLike, kind: str, config) -> Path:
-    """Save the resolved config, package versions, image tag and git commit beside a run's outputs."""
+    """Save the resolved config, its hash, package versions, image tag and git commit beside a run's outputs
+    (after ``check_resume``)."""
+    check_resume(output_dir)
     values = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     record = {
         "kind": kind,
+        "config_hash": os.environ.get(CONFIG_HASH_ENV),
         "config": json.loads(json.dumps(values, default=str)),
         "versions": package_versions(),
         "image_tag": os.environ.get("IMAGE_TAG"),

@@ -2,6 +2,7 @@
 errors before any API call, the image's Dockerfile and requirement set."""
 
 import copy
+import json
 import dataclasses
 import os
 import subprocess
@@ -352,6 +353,13 @@ def test_model_cache_pvc_is_mounted_read_only_and_pods_go_offline():
     trainer = spec["containers"][0]
     assert {"name": "model-cache", "mountPath": "/cache/huggingface/hub", "readOnly": True} in trainer["volumeMounts"]
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in trainer["env"]
+    prefetch = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], settings, "t1", prefetch=True)
+    [fetch] = render_objects(prefetch)[-1]["spec"]["template"]["spec"]["containers"]
+    assert fetch["command"] == ["hf", "download", "Qwen/Qwen2.5-Math-1.5B"] and prefetch.name.startswith("prefetch-")
+    assert {"name": "model-cache", "mountPath": "/cache/huggingface/hub", "readOnly": False} in fetch["volumeMounts"]
+    assert "HF_HUB_OFFLINE" not in {e["name"] for e in fetch["env"]}
+    with pytest.raises(UserError, match="--prefetch-model: the cluster settings have no model_cache_pvc"):
+        prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], ClusterSettings(), "t1", prefetch=True)
 
 
 def test_yaml_has_no_aliases():
@@ -398,3 +406,21 @@ def test_bad_input_is_named_and_nothing_is_sent(setting, override, fragment, tmp
     assert main(["submit", "eval", "--config", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", "--image-tag",
                  "t", "--cluster", str(cluster), *override]) == 2
     assert fragment in capsys.readouterr().err
+
+
+def test_a_run_with_another_config_hash_refuses_to_resume(tmp_path, monkeypatch):
+    from rlvsdistill.paths import CONFIG_HASH_ENV, RESUME_ANYWAY_ENV, write_run_record
+
+    monkeypatch.setenv(CONFIG_HASH_ENV, "aaaaaaaaaaaa")
+    write_run_record(tmp_path, "grpo", {"learning_rate": 1e-6})
+    assert json.loads((tmp_path / "run_record.json").read_text())["config_hash"] == "aaaaaaaaaaaa"
+    write_run_record(tmp_path, "grpo", {"learning_rate": 1e-6})  # the same run restarted: resumes
+    monkeypatch.setenv(CONFIG_HASH_ENV, "bbbbbbbbbbbb")  # `submit --replace` after editing the config
+    with pytest.raises(UserError, match="made with config hash aaaaaaaaaaaa, this run's is bbbbbbbbbbbb"):
+        write_run_record(tmp_path, "grpo", {"learning_rate": 2e-6})
+    monkeypatch.setenv(RESUME_ANYWAY_ENV, "1")
+    write_run_record(tmp_path, "grpo", {"learning_rate": 2e-6})
+    run = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [],
+                      load_settings("configs/cluster/single-node.yaml"), "t1", resume_anyway=True)
+    env = {e["name"]: e.get("value") for e in render_objects(run)[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[CONFIG_HASH_ENV] == run.config_hash and env[RESUME_ANYWAY_ENV] == "1"

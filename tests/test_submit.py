@@ -191,7 +191,10 @@ def test_every_rendered_workload_passes_the_servers_strict_validation(ns):
     for path in CLUSTERS:
         settings = load_settings(str(path))
         for kind, config in job_configs():
-            for obj in render_objects(prepare_run(kind, str(config), [], settings, "t1")):
+            runs = [prepare_run(kind, str(config), [], settings, "t1")]
+            if settings.model_cache_pvc:
+                runs.append(prepare_run(kind, str(config), [], settings, "t1", prefetch=True))
+            for obj in [o for run in runs for o in render_objects(run)]:
                 obj["metadata"]["namespace"] = ns.name
                 cluster.create(obj, dry_run=True)  # raises on any field the server does not know
                 checked += 1

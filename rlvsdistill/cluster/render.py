@@ -22,6 +22,7 @@ import yaml
 
 from ..config import check_values, parse_overrides, read_yaml
 from ..io import UserError
+from ..paths import CONFIG_HASH_ENV, RESUME_ANYWAY_ENV
 from .jobwatch import SERVICEACCOUNT_DIR, SHARDS_JOB_ENV
 from .settings import DNS_LABEL, QUANTITY, ClusterSettings
 
@@ -33,8 +34,6 @@ CACHE_DIR = "/cache"  # the image points HF_HOME, TRITON_CACHE_DIR, XDG_CACHE_HO
 HF_CACHE = f"{CACHE_DIR}/huggingface"
 HF_HUB_CACHE = f"{HF_CACHE}/hub"  # where the optional model-cache PVC is mounted
 RUN_LABEL = "rlvsdistill.io/run"
-CONFIG_HASH_ENV = "RLVSDISTILL_CONFIG_HASH"
-RESUME_ANYWAY_ENV = "RLVSDISTILL_RESUME_ANYWAY"
 # Ports the run's pods serve to each other: vLLM's HTTP API (`trl vllm-serve --port`) and the weight-sync
 # process group (`--group_port` / GRPOConfig.vllm_group_port); NCCL and torch rendezvous add ephemeral ports.
 VLLM_GROUP_PORT = 51216
@@ -59,6 +58,7 @@ class Run:
     image_tag: str
     cluster_path: str | None = None  # where the settings came from (for the manifest header only)
     resume_anyway: bool = False  # resume checkpoints on the volume even if they come from another config hash
+    prefetch: bool = False  # the run is the download of the config's model into the model-cache PVC
 
     @property
     def config_hash(self) -> str:
@@ -83,7 +83,7 @@ def _in_volume(path: str, settings: ClusterSettings) -> bool:
 
 def prepare_run(kind: str, config_path: str, overrides: list[str], settings: ClusterSettings,
                 image_tag: str | None, name: str | None = None, cluster_path: str | None = None,
-                resume_anyway: bool = False) -> Run:
+                resume_anyway: bool = False, prefetch: bool = False) -> Run:
     """Check the job config, the name and the image tag; return the Run (UserError lists every problem)."""
     problems = []
     if kind not in KINDS:
@@ -95,7 +95,10 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
         problems.append("--image-tag: required (every run names the image it runs; see `make image`)")
     elif not DOCKER_TAG.fullmatch(image_tag):
         problems.append(f"--image-tag: {image_tag!r} is not a valid image tag of at most 63 characters")
-    name = name or default_name(kind, config_path)
+    name = name or (f"prefetch-{default_name(kind, config_path)}"[:NAME_MAX].rstrip("-") if prefetch
+                    else default_name(kind, config_path))
+    if prefetch and not settings.model_cache_pvc:
+        problems.append("--prefetch-model: the cluster settings have no model_cache_pvc to download into")
     if len(name) > NAME_MAX or not DNS_LABEL.fullmatch(name):
         problems.append(f"--name: {name!r} is not a valid run name (lower case letters, digits and '-', "
                         f"starting and ending with a letter or digit, at most {NAME_MAX} characters)")
@@ -114,7 +117,7 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     if kind == "eval":
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
     return Run(kind, name, config_path, values, settings, f"{settings.image_repository}:{image_tag}", image_tag,
-               cluster_path, resume_anyway)
+               cluster_path, resume_anyway, prefetch)
 
 
 def _grpo_cluster_problems(values: dict, settings: ClusterSettings, where: str) -> list[str]:
@@ -410,8 +413,22 @@ def eval_objects(run: Run) -> list[dict]:
     return objects
 
 
+def prefetch_objects(run: Run) -> list[dict]:
+    """A CPU Job that downloads the config's model (at its revision) into the model-cache PVC, once, so that
+    every pod, retry and shard of the runs reads it offline instead of downloading it again."""
+    cfg = run.config
+    command = ["hf", "download", cfg["model_name_or_path"]]
+    if cfg.get("model_revision"):
+        command += ["--revision", cfg["model_revision"]]
+    fetch = container(run, "prefetch", command, 0)
+    fetch["env"] = [e for e in fetch["env"] if e["name"] != "HF_HUB_OFFLINE"]
+    return [config_map(run), network_policy(run), _job(run, run.name, pod_template(run, [fetch]))]
+
+
 def render_objects(run: Run) -> list[dict]:
     """The run's objects, in the order they are created."""
+    if run.prefetch:
+        return prefetch_objects(run)
     if run.kind == "eval":
         return eval_objects(run)
     if run.kind == "generate":
