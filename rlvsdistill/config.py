@@ -3,18 +3,23 @@
 ``load_config(kind, path, overrides)`` reads the YAML, applies ``key=value`` overrides, checks everything that can
 be checked before a model is loaded (unknown keys, batch divisibility, vLLM context length, bf16 support, paths),
 reports every problem at once with its key, and returns the TRL config subclass for the job.
+
+TRL (and torch with it) is imported only to build a config: ``check_values`` reads TRL's field names and types
+from ``trl_fields.json`` (saved from the pinned TRL; ``python -m rlvsdistill.config`` rewrites it), so the
+submitter checks configs with the ``cluster`` extra alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from trl import GRPOConfig, SFTConfig
 
 from .data import PROMPT_TEMPLATES
 from .grading import EXTRACT_MODES
@@ -68,14 +73,26 @@ class SFTFields(ProjectFields):
     dataset_name: str = field(default="", metadata={"help": "JSONL of {prompt, completion} records"})
 
 
-@dataclass
-class GRPORunConfig(GRPOFields, GRPOConfig):
-    """TRL's GRPOConfig plus this project's fields."""
+@functools.cache
+def _trl_config_classes() -> dict[str, type]:
+    """GRPORunConfig and SFTRunConfig: TRL's configs plus this project's fields (imports TRL and torch)."""
+    from trl import GRPOConfig, SFTConfig
+
+    @dataclass
+    class GRPORunConfig(GRPOFields, GRPOConfig):
+        """TRL's GRPOConfig plus this project's fields."""
+
+    @dataclass
+    class SFTRunConfig(SFTFields, SFTConfig):
+        """TRL's SFTConfig plus this project's fields."""
+
+    return {"grpo": GRPORunConfig, "sft": SFTRunConfig}
 
 
-@dataclass
-class SFTRunConfig(SFTFields, SFTConfig):
-    """TRL's SFTConfig plus this project's fields."""
+def __getattr__(name: str):
+    if name in ("GRPORunConfig", "SFTRunConfig"):
+        return _trl_config_classes()[name[:-9].lower()]
+    raise AttributeError(name)
 
 
 @dataclass
@@ -131,15 +148,34 @@ class EvalConfig(SamplingFields, ProjectFields):
     )
 
 
-CONFIG_CLASSES = {"grpo": GRPORunConfig, "sft": SFTRunConfig, "generate": GenerateConfig, "eval": EvalConfig}
+PROJECT_CLASSES = {"grpo": GRPOFields, "sft": SFTFields, "generate": GenerateConfig, "eval": EvalConfig}
 TRL_KINDS = ("grpo", "sft")
+TRL_FIELDS_FILE = Path(__file__).with_name("trl_fields.json")
 
 
 def config_class(kind: str):
-    """The config dataclass of a job kind ('grpo' or 'sft')."""
-    if kind not in CONFIG_CLASSES:
-        raise UserError(f"unknown job kind {kind!r}; expected one of {', '.join(CONFIG_CLASSES)}")
-    return CONFIG_CLASSES[kind]
+    """The config dataclass of a job kind (for 'grpo' and 'sft' this imports TRL)."""
+    if kind not in PROJECT_CLASSES:
+        raise UserError(f"unknown job kind {kind!r}; expected one of {', '.join(PROJECT_CLASSES)}")
+    return _trl_config_classes()[kind] if kind in TRL_KINDS else PROJECT_CLASSES[kind]
+
+
+def trl_field_types() -> dict[str, dict[str, str]]:
+    """{kind: {field: type name}} of TRL's GRPOConfig and SFTConfig, read from the installed TRL."""
+    from trl import GRPOConfig, SFTConfig
+
+    return {kind: {f.name: _type_name(f.type) for f in dataclasses.fields(cls)}
+            for kind, cls in (("grpo", GRPOConfig), ("sft", SFTConfig))}
+
+
+def field_types(kind: str) -> dict[str, str]:
+    """{field: type name} of a job kind's config, without importing TRL."""
+    if kind not in PROJECT_CLASSES:
+        raise UserError(f"unknown job kind {kind!r}; expected one of {', '.join(PROJECT_CLASSES)}")
+    own = {f.name: _type_name(f.type) for f in dataclasses.fields(PROJECT_CLASSES[kind])}
+    if kind not in TRL_KINDS:
+        return own
+    return {**json.loads(TRL_FIELDS_FILE.read_text())[kind], **own}
 
 
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -179,13 +215,15 @@ def _type_name(tp) -> str:
     return tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
 
 
-def coerce_numbers(cls, values: dict[str, Any]) -> list[str]:
+def coerce_numbers(cls_or_types, values: dict[str, Any]) -> list[str]:
     """Turn numeric strings into numbers for int/float fields, in place (YAML 1.1 reads ``1e-6`` as a string).
+    ``cls_or_types``: a dataclass, or {field: type name}.
 
     Returns a problem line for each value that is not a number where one is expected.
     """
     problems = []
-    types = {f.name: _type_name(f.type) for f in dataclasses.fields(cls)}
+    types = cls_or_types if isinstance(cls_or_types, dict) else {
+        f.name: _type_name(f.type) for f in dataclasses.fields(cls_or_types)}
     for key, value in values.items():
         tp = types.get(key, "")
         if not isinstance(value, str) or not any(t in tp.replace(" ", "").split("|") for t in ("float", "int")):
@@ -204,10 +242,9 @@ def check_values(kind: str, values: dict[str, Any], hardware: bool = True) -> li
     ``hardware=False`` skips what depends on this machine (bf16 support, local paths): CI validates the cluster's
     configs that way.
     """
-    cls = config_class(kind)
-    names = {f.name for f in dataclasses.fields(cls)}
-    problems = [f"{key}: unknown key for a {kind} config" for key in values if key not in names]
-    problems += coerce_numbers(cls, values)
+    types = field_types(kind)
+    problems = [f"{key}: unknown key for a {kind} config" for key in values if key not in types]
+    problems += coerce_numbers(types, values)
     if not values.get("model_name_or_path"):
         problems.append("model_name_or_path: required")
     template = values.get("prompt_template", "qwen_math")
@@ -334,3 +371,11 @@ def load_config(kind: str, path: str | os.PathLike, overrides: list[str] | None 
         return config_class(kind)(**values)
     except (TypeError, ValueError) as exc:  # TRL's own __post_init__ checks
         raise UserError(f"{path}: {exc}") from None
+
+
+if __name__ == "__main__":  # after changing the TRL pin: rewrite trl_fields.json from the installed TRL
+    from .io import atomic_open
+
+    with atomic_open(TRL_FIELDS_FILE) as f:
+        f.write(json.dumps(trl_field_types(), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {TRL_FIELDS_FILE}")

@@ -424,3 +424,23 @@ def test_a_run_with_another_config_hash_refuses_to_resume(tmp_path, monkeypatch)
                       load_settings("configs/cluster/single-node.yaml"), "t1", resume_anyway=True)
     env = {e["name"]: e.get("value") for e in render_objects(run)[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env[CONFIG_HASH_ENV] == run.config_hash and env[RESUME_ANYWAY_ENV] == "1"
+
+
+def test_submit_path_imports_neither_torch_nor_trl():
+    # The `train` extra's packages made unimportable, as on a machine with only the `cluster` extra.
+    code = ("import sys; sys.modules.update(dict.fromkeys(('torch', 'trl', 'transformers', 'deepspeed', "
+            "'accelerate', 'datasets', 'peft', 'vllm'))); from rlvsdistill.cli import main; "
+            "rc = main(['submit', 'grpo', '--config', 'configs/paper/grpo_qwen2.5_3b.yaml', '--image-tag', 't', "
+            "'--cluster', 'configs/cluster/multi-node.yaml', '--dry-run', 'learning_rate=2e-6']); "
+            "heavy = sorted(m for m in ('torch', 'trl', 'transformers', 'deepspeed') if sys.modules[m]); "
+            "print('heavy:', heavy); sys.exit(rc or bool(heavy))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and "heavy: []" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+
+
+def test_saved_trl_fields_match_the_installed_trl():
+    from rlvsdistill.config import TRL_FIELDS_FILE, trl_field_types
+
+    assert json.loads(TRL_FIELDS_FILE.read_text()) == trl_field_types(), \
+        "TRL changed: run `python -m rlvsdistill.config` and review the diff"
