@@ -8,6 +8,7 @@ created, admitted and bound, never run. `KubeletStandIn` does the one thing a ku
 it finishes deleting pods (a bound pod is only removed once its kubelet confirms).
 """
 
+import io
 import json
 import threading
 import time
@@ -375,3 +376,70 @@ def test_pytorchjob_worker_pod_with_the_operators_init_container_under_restricte
     ours = yaml.safe_load((ROOT / "k8s" / "pytorch-init-container.yaml").read_text())["data"]["initContainer.yaml"]
     created = ns.core.create_namespaced_pod(ns.name, operator_pod(ours))
     assert [c.name for c in created.spec.init_containers] == ["init-pytorch"]
+
+
+class KubeletLogsStandIn:
+    """Stand-in for the kubelet's log endpoint (HTTPS /containerLogs/NS/POD/CONTAINER), to which the real API
+    server proxies `pods/log`: it answers each container with three progress lines, split across writes."""
+
+    def __init__(self, cp):
+        import ssl
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                _, ns, pod, container = self.path.split("?")[0].strip("/").split("/")
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                for step in range(1, 4):
+                    line = f"{container}: step {step}/3\n".encode()
+                    self.wfile.write(line[:5])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                    self.wfile.write(line[5:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cp.dir / "server.crt", cp.dir / "server.key")
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_logs_follow_every_pod_prefixed_with_its_name(ns):
+    """`logs -f` through the real client and API server, which proxies to the stand-in's log endpoint."""
+    from rlvsdistill.cluster.submit import Cluster, logs
+
+    kubelet = KubeletLogsStandIn(ns.cp)
+    for node in GPU_NODES:
+        ns.core.patch_node_status(node, {"status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}}}})
+    args = submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
+                       "configs/cluster/single-node.yaml", name="ev")
+    assert main(args + ["num_shards=2"]) == 0
+    pods = wait_until(lambda: (p := [q for q in ns.pods("rlvsdistill.io/run=ev") if q.spec.node_name])
+                      and len(p) == 3 and p, 30, "2 shard pods and the merge pod, bound")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for pod in pods:  # as the kubelet reports containers that ran and exited
+        container = pod.spec.containers[0]
+        ns.core.patch_namespaced_pod_status(pod.metadata.name, ns.name, {"status": {
+            "phase": "Succeeded", "containerStatuses": [{
+                "name": container.name, "image": container.image, "imageID": "", "ready": False, "restartCount": 0,
+                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
+                                         "finishedAt": now}}}]}})
+    out = io.StringIO()
+    logs("ev", Cluster(ns.name), follow=True, out=out, poll_seconds=0.3)
+    lines = out.getvalue().splitlines()
+    for pod in pods:
+        container = pod.spec.containers[0].name
+        assert [line for line in lines if line.startswith(f"[{pod.metadata.name}] ")] == [
+            f"[{pod.metadata.name}] {container}: step {s}/3" for s in (1, 2, 3)]
+    assert len(lines) == 9 and "\r" not in out.getvalue()
+    kubelet.httpd.shutdown()

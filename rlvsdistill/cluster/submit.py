@@ -294,8 +294,13 @@ def logs(name: str, cluster: Cluster, follow: bool = False, container: str | Non
     lock, threads, told = threading.Lock(), {}, set()
 
     def stream(pod_name: str, cname: str) -> None:
-        resp = cluster.core.read_namespaced_pod_log(pod_name, cluster.namespace, container=cname, follow=True,
-                                                    _preload_content=False)
+        try:
+            resp = cluster.core.read_namespaced_pod_log(pod_name, cluster.namespace, container=cname, follow=True,
+                                                        _preload_content=False)
+        except cluster.ApiException as exc:
+            with lock:
+                print(f"[{pod_name}] no logs: {exc.status} {_api_message(exc)}", file=sys.stderr)
+            return
         pending = b""
         for chunk in resp.stream():
             lines = (pending + chunk).split(b"\n")
