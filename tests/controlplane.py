@@ -56,6 +56,14 @@ def find_binaries(shared_bin: Path, dest: Path) -> Path:
     return dest
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, even by SIGKILL (Linux)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,7 +110,8 @@ class ControlPlane:
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "wb")
         proc = subprocess.Popen([str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own process group: stop() kills it whole
+                                start_new_session=True,  # its own process group: stop() kills it whole
+                                preexec_fn=_die_with_parent)
         log.close()
         self.procs.append(proc)
         return proc
