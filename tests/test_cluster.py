@@ -343,6 +343,8 @@ def test_volumes_caches_and_security_context():
         for c in spec["containers"]:
             mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
             assert mounts["/cache"] == "cache" and mounts["/tmp"] == "tmp"  # HF, Triton, torch, XDG caches
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            assert env["TQDM_DISABLE"] == "1"  # no '\r' bars in `kubectl logs`
 
 
 def test_model_cache_pvc_is_mounted_read_only_and_pods_go_offline():

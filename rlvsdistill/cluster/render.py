@@ -173,6 +173,10 @@ def _env(run: Run, secrets: tuple[str, ...]) -> list[dict]:
         {"name": CONFIG_HASH_ENV, "value": run.config_hash},
         {"name": "HF_HOME", "value": HF_CACHE},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # Library progress bars (model loading, downloads) write '\r' lines that `kubectl logs` shows as one
+        # unreadable line; our own progress logs a line every few seconds when there is no terminal.
+        {"name": "TQDM_DISABLE", "value": "1"},
+        {"name": "HF_HUB_DISABLE_PROGRESS_BARS", "value": "1"},
     ]
     if run.resume_anyway:
         env.append({"name": RESUME_ANYWAY_ENV, "value": "1"})
