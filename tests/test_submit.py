@@ -264,7 +264,14 @@ def test_indexed_eval_job_creates_one_pod_per_shard(ns):
     assert indexes == {"0", "1", "2"}
 
 
-def test_a_queued_run_waits_suspended_until_kueue_admits_it(ns):
+def merge_reader(ns, job, tmp_path):
+    """What the merge pod uses: the merge account's own token (k8s/rbac.yaml's Role), the cluster CA."""
+    token = tmp_path / "token"
+    token.write_text(ns.token("rlvsdistill-merge"))
+    return JobReader(ns.cp.server, ns.name, job, token, ns.cp.dir / "ca.crt")
+
+
+def test_a_queued_run_waits_suspended_until_kueue_admits_it(ns, tmp_path):
     args = submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
                        "configs/cluster/multi-node.yaml", name="ev")  # multi-node.yaml names a Kueue queue
     assert main(args) == 0
@@ -272,8 +279,18 @@ def test_a_queued_run_waits_suspended_until_kueue_admits_it(ns):
     assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     time.sleep(2)
     assert ns.pods("job-name=ev") == []  # no pod, no GPU taken while queued
+    # The merge's deadline does not run while the shards Job is queued.
+    reader = merge_reader(ns, "ev", tmp_path)
+    waited = []
+    waiter = threading.Thread(target=lambda: waited.append(
+        wait_for_shards(tmp_path / "run", 4, wait_seconds=0.5, reader=reader, poll_seconds=0.2)), daemon=True)
+    waiter.start()
+    waiter.join(3)
+    assert waiter.is_alive()  # 3 s queued, and the 0.5 s deadline has not fired
     ns.batch.patch_namespaced_job("ev", ns.name, {"spec": {"suspend": False}})  # what Kueue does on admission
     wait_until(lambda: len(ns.pods("job-name=ev")) == 4, 30, "the shard pods once admitted")
+    waiter.join(10)
+    assert waited == [[0, 1, 2, 3]]  # admitted: the deadline runs, and ends the wait
 
 
 def test_cancel_leaves_no_object_of_the_run(ns, capsys):
@@ -322,10 +339,7 @@ def test_a_failed_shard_makes_the_merge_fail_fast(ns, tmp_path):
     pods = wait_until(lambda: (p := ns.pods("job-name=ev")) and len(p) == 4 and p, 30, "4 shard pods")
     merge_pod = wait_until(lambda: ns.pods("job-name=ev-merge"), 30, "the merge pod")[0]
     assert merge_pod.spec.service_account_name == "rlvsdistill-merge"
-    # The merge reads the Job as its pod would: the merge account's own token, under k8s/rbac.yaml's Role.
-    token = tmp_path / "token"
-    token.write_text(ns.token("rlvsdistill-merge"))
-    reader = JobReader(ns.cp.server, ns.name, "ev", token, ns.cp.dir / "ca.crt")
+    reader = merge_reader(ns, "ev", tmp_path)
     run_dir = tmp_path / "run"
     t0 = time.monotonic()
     assert wait_for_shards(run_dir, 4, wait_seconds=1, reader=reader, poll_seconds=0.2) == [0, 1, 2, 3]
