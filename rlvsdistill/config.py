@@ -86,7 +86,11 @@ def _trl_config_classes() -> dict[str, type]:
     class SFTRunConfig(SFTFields, SFTConfig):
         """TRL's SFTConfig plus this project's fields."""
 
-    return {"grpo": GRPORunConfig, "sft": SFTRunConfig}
+    classes = {"grpo": GRPORunConfig, "sft": SFTRunConfig}
+    for cls in classes.values():  # module-level names, so that pickle (torch.save of the training args) finds them
+        cls.__qualname__ = cls.__name__
+        globals()[cls.__name__] = cls
+    return classes
 
 
 def __getattr__(name: str):
