@@ -7,24 +7,21 @@ difficulty bins, lengths, reflection keywords and per-level / per-subject breakd
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-# The reflection keywords counted by the authors' released analysis script (check_cognitive.py in
-# minwukim/VRL): case-sensitive substrings, as there. The paper's Table 5 lists 30 keywords; that table was
-# not available to us, so this default is the authors' code's list. Pass ``keywords=`` to count your own.
+# Table 5 of the paper (arXiv 2505.14216 v2, A.6.2): the 27 reflection-related phrases as stored. The paper
+# counts occurrences per response in lower case; ``keyword_counts`` matches them case-insensitively and as whole
+# words or phrases (so "ok" does not match "look" or "token"). Pass ``keywords=`` to count your own.
 REFLECTION_KEYWORDS: tuple[str, ...] = (
-    "rethink",
-    "recheck",
-    "re-evaluate",
-    "try again",
-    "check again",
-    "Hmm",
-    "verify",
-    "Wait",
+    "actually", "aha", "alternatively", "correction:", "another approach", "different method",
+    "checking our work", "double-check", "hmm", "however", "I made a mistake", "I need to reconsider", "I realize",
+    "let me recalculate", "let me think", "let's check", "let's reconsider", "looking back", "make sure", "ok",
+    "on second thought", "retracing", "to be sure", "to confirm", "verify", "wait", "we could also",
 )
 
 
@@ -147,9 +144,30 @@ def transition_matrix(
     return matrix
 
 
+@functools.lru_cache(maxsize=1024)
+def _keyword_matcher(keyword: str) -> tuple[re.Pattern, str]:
+    """(pattern, probe) for one keyword. The pattern is case-insensitive and matches whole words or phrases: a word
+    character at either end of the keyword may not touch another word character; any whitespace run separates a
+    phrase's words; ' also matches ’. The probe is the keyword's longest word in lower case, which every match
+    contains, so a fast substring test can rule the keyword out before the regex scan."""
+    words = [re.escape(w).replace("'", "['’]") for w in keyword.split()]
+    probes = re.findall(r"\w+", keyword.lower())
+    if not probes:
+        raise ValueError(f"keyword {keyword!r} has no word characters")
+    start = r"(?<!\w)" if re.match(r"\w", keyword) else ""
+    end = r"(?!\w)" if re.search(r"\w$", keyword) else ""
+    return re.compile(start + r"\s+".join(words) + end, re.IGNORECASE), max(probes, key=len)
+
+
 def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict[str, int]:
-    """Occurrences of each keyword (case-sensitive substring) in one response."""
-    return {kw: len(re.findall(re.escape(kw), text)) for kw in keywords}
+    """Occurrences of each keyword in one response, case-insensitive, as whole words or phrases (so "ok" does
+    not match "look"). A response contains a keyword ("presence") when its count is above 0."""
+    lowered = text.lower()
+    counts = {}
+    for kw in keywords:
+        pattern, probe = _keyword_matcher(kw)
+        counts[kw] = len(pattern.findall(text)) if probe in lowered else 0
+    return counts
 
 
 @dataclass(frozen=True)

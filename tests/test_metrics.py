@@ -7,6 +7,7 @@ from fractions import Fraction
 import pytest
 
 from rlvsdistill.metrics import (
+    REFLECTION_KEYWORDS,
     Sample,
     answer_entropy,
     default_ks,
@@ -98,11 +99,46 @@ def test_transition_matrix():
     ]
 
 
-def test_keyword_counts():
-    text = "Wait, let me recheck. Wait again. wait (lower case does not count)"
-    counts = keyword_counts(text)
-    assert counts["Wait"] == 2 and counts["recheck"] == 1 and counts["Hmm"] == 0
-    assert keyword_counts("try again, try again", ["try again"]) == {"try again": 2}
+TABLE_5 = """actually, aha, alternatively, correction:, another approach, different method, checking our work,
+double-check, hmm, however, I made a mistake, I need to reconsider, I realize, let me recalculate, let me think,
+let's check, let's reconsider, looking back, make sure, ok, on second thought, retracing, to be sure, to confirm,
+verify, wait, we could also"""  # as printed in reference.md
+
+
+def test_default_keywords_are_table_5():
+    assert REFLECTION_KEYWORDS == tuple(k.strip() for k in TABLE_5.replace("\n", " ").split(","))
+    assert len(REFLECTION_KEYWORDS) == 27
+
+
+KEYWORD_CASES = [
+    # (text, keyword, occurrences)
+    ("Wait, wait. WAIT!", "wait", 3),  # case-insensitive, every occurrence counts
+    ("Let me look at the token", "ok", 0),  # "ok" inside "look" and "token" is not the word "ok"
+    ("OK, so ok. Okay.", "ok", 2),  # the word "ok" in any case; "Okay" is another word
+    ("Hmm... hmmm", "hmm", 1),  # "hmmm" is not "hmm"
+    ("We verify it. Verifying again; verified.", "verify", 1),  # inflections are other words
+    ("Correction: 2. The correction is 3.", "correction:", 1),  # the colon is part of the keyword
+    ("self-correction: x", "correction:", 1),  # a hyphen is a word boundary
+    ("let me\n  think. Let me thinking", "let me think", 1),  # any whitespace between a phrase's words
+    ("Let’s check. let's check", "let's check", 2),  # typographic and straight apostrophes
+    ("Let us check", "let's check", 0),  # a phrase matches only as written
+    ("double-check, double-checked, double check", "double-check", 1),  # hyphenated word, whole
+    ("Aha! ahah. aha", "aha", 2),
+    ("I realize now; i realized", "I realize", 1),  # an upper-case keyword matches lower-case text
+    ("Actually_ actually2 actually", "actually", 1),  # underscores and digits are word characters
+]
+
+
+@pytest.mark.parametrize("text,keyword,expected", KEYWORD_CASES)
+def test_keyword_counts_whole_words_case_insensitive(text, keyword, expected):
+    assert keyword_counts(text, [keyword]) == {keyword: expected}
+
+
+def test_keyword_counts_default_list():
+    counts = keyword_counts("Wait, I need to reconsider. Hmm, let me think. Looking back, wait.")
+    assert counts.keys() == set(REFLECTION_KEYWORDS)
+    assert {k: v for k, v in counts.items() if v} == {
+        "wait": 2, "I need to reconsider": 1, "hmm": 1, "let me think": 1, "looking back": 1}
 
 
 def _samples():
@@ -127,7 +163,7 @@ def test_summarize_hand_made():
     assert out["correct_counts"] == {"p1": 3, "p2": 0}
     assert [b["problems"] for b in out["difficulty_bins"]] == [1, 0, 0, 1]  # bins 0, 1, 2, 3-4 for n = 4
     assert out["length_unit"] == "chars"
-    assert out["keywords_per_response"]["Wait"] == {"correct": 1.0, "wrong": 0.0}
+    assert out["keywords_per_response"]["wait"] == {"correct": 1.0, "wrong": 0.0}
     assert out["by_level"]["1"]["accuracy"] == 0.75 and out["by_subject"]["Geometry"]["accuracy"] == 0.0
 
 
