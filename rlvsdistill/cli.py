@@ -10,16 +10,21 @@ import sys
 from .io import UserError
 
 
-def _parse_bins(text: str) -> list[tuple[int, int]]:
-    """'0,1-4,5-16,17-64' -> [(0, 0), (1, 4), (5, 16), (17, 64)]."""
-    bins = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
+def _bins_spec(text: str) -> str:
+    """--bins: a binning name or explicit edges, checked for syntax here and against n once n is known."""
+    from .metrics import NAMED_BINNINGS, parse_edges
+
+    if text not in NAMED_BINNINGS:
         try:
-            bins.append((int(lo), int(hi or lo)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad bin {part!r}: use LO-HI or N, comma-separated") from None
-    return bins
+            parse_edges(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+BINS_HELP = ("bins of the correct count: a name (paper-main, paper-fig8, paper-fig10, paper-a6: the paper's bins "
+             "for n = 256, scaled to other n by ceil(edge * n / 256)) or explicit edges covering 0..n, "
+             "e.g. 0,1-4,5-16,17-256")
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -50,7 +55,7 @@ def _add_grade(sub) -> None:
     p.add_argument("--workers", type=int, help="grading processes (default: the CPUs available)")
     p.add_argument("--item-timeout", type=float, default=10.0, help="hard wall-clock bound per answer, seconds")
     p.add_argument("--k", type=_parse_ks, help="pass@k values, e.g. 1,8,64 (default: 1,2,4,...,n)")
-    p.add_argument("--bins", type=_parse_bins, help="difficulty bins of the correct count, e.g. 0,1-4,5-16,17-256")
+    p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: paper-main)")
     p.add_argument("--tokenizer", help="tokenizer (model directory or Hub id) to measure lengths in tokens "
                    "(default: the records' num_tokens if every record has one, else characters)")
     p.set_defaults(func=_run_grade)
