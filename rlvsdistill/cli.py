@@ -138,17 +138,28 @@ def _run_tiny_model(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="compare evaluation runs: Markdown tables and PNG plots",
-                       description="Compare merged evaluation runs (the first is the base model).")
+    from .paper import MODELS, SPLITS
+
+    p = sub.add_parser("report", help="compare evaluation runs: Markdown tables and the paper's figures as PNGs",
+                       description="Compare merged evaluation runs (the first is the base model): accuracy and "
+                       "capability, pass@k, and the paper's Figures 8, 9, 10, 13 and 14 by the base model's bins.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run directories with summary.json")
     p.add_argument("--out", required=True, help="output directory for report.md and the plots")
+    p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: each figure's own: paper-fig8 for "
+                   "Figures 8 and 9, paper-fig10 for Figure 10, paper-a6 for Figures 13 and 14)")
+    p.add_argument("--hardest", type=int, metavar="K", help="only the K problems the base solves least often "
+                   "(ties broken by problem id), e.g. 50 as in the paper's Figure 16")
+    p.add_argument("--paper", choices=tuple(MODELS), help="print the paper's Table 3 rows for this model beside yours")
+    p.add_argument("--paper-split", choices=tuple(SPLITS), default="math500",
+                   help="which Table 3 split --paper shows (default: %(default)s)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
     from .report import build_report
 
-    path = build_report(args.runs, args.out)
+    path = build_report(args.runs, args.out, bins=args.bins, hardest=args.hardest, paper_model=args.paper,
+                        paper_split=args.paper_split)
     print(path.read_text().split("## pass@k")[0])
     print(f"wrote {path}")
     return 0
