@@ -2,7 +2,8 @@
 
 Input is one record per sample (problem id, verdict, answer key, response, optional level/subject/tokens);
 ``summarize`` groups them by problem and returns a JSON-ready dict with accuracy, pass@k, maj@n, answer entropy,
-difficulty bins, lengths, reflection keywords and per-level / per-subject breakdowns.
+difficulty bins, lengths, reflection keywords, per-level / per-subject breakdowns, and a ``problem_stats`` block
+per problem, from which ``pool_problem_stats`` recomputes the means over any subset (a bin of another run).
 """
 
 from __future__ import annotations
@@ -180,29 +181,24 @@ def transition_matrix(
 
 
 @functools.lru_cache(maxsize=1024)
-def _keyword_matcher(keyword: str) -> tuple[re.Pattern, str]:
-    """(pattern, probe) for one keyword. The pattern is case-insensitive and matches whole words or phrases: a word
-    character at either end of the keyword may not touch another word character; any whitespace run separates a
-    phrase's words; ' also matches ’. The probe is the keyword's longest word in lower case, which every match
-    contains, so a fast substring test can rule the keyword out before the regex scan."""
-    words = [re.escape(w).replace("'", "['’]") for w in keyword.split()]
-    probes = re.findall(r"\w+", keyword.lower())
-    if not probes:
-        raise ValueError(f"keyword {keyword!r} has no word characters")
-    start = r"(?<!\w)" if re.match(r"\w", keyword) else ""
+def _keyword_pattern(keyword: str) -> re.Pattern:
+    """The pattern of one keyword, to run on lower-cased text: whole words or phrases (a word character at either
+    end of the keyword may not touch another word character), any whitespace run between a phrase's words, and
+    ' matching ’ too. The start boundary is a lookbehind placed after the first word, so that the pattern begins
+    with a literal, which Python's regex engine searches for quickly."""
+    words = [re.escape(w).replace("'", "['’]") for w in keyword.lower().split()]
+    if not words:
+        raise ValueError("empty keyword")
+    start = rf"(?<!\w{words[0]})" if re.match(r"\w", keyword) else ""
     end = r"(?!\w)" if re.search(r"\w$", keyword) else ""
-    return re.compile(start + r"\s+".join(words) + end, re.IGNORECASE), max(probes, key=len)
+    return re.compile(words[0] + start + "".join(rf"\s+{w}" for w in words[1:]) + end)
 
 
 def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict[str, int]:
     """Occurrences of each keyword in one response, case-insensitive, as whole words or phrases (so "ok" does
     not match "look"). A response contains a keyword ("presence") when its count is above 0."""
     lowered = text.lower()
-    counts = {}
-    for kw in keywords:
-        pattern, probe = _keyword_matcher(kw)
-        counts[kw] = len(pattern.findall(text)) if probe in lowered else 0
-    return counts
+    return {kw: len(_keyword_pattern(kw).findall(lowered)) for kw in keywords}
 
 
 @dataclass(frozen=True)

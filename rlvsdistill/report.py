@@ -27,6 +27,7 @@ from .metrics import (
     NAMED_BINNINGS,
     PAPER_N,
     Bin,
+    bin_index,
     bin_label,
     default_ks,
     pass_at_k,
@@ -60,7 +61,7 @@ class Run:
         ids = self.problems if ids is None else [i for i in ids if i in self.problems]
         return pool_problem_stats((self.problems[i] for i in ids), self.summary["keywords"])
 
-    def pass_curve(self) -> dict[int, float | None]:
+    def pass_curve(self) -> dict[int, float]:
         """{k: mean pass@k} for k = 1, 2, 4, ... n over this run's problems."""
         stats = self.problems.values()
         return {k: sum(pass_at_k(p["n"], p["correct"], k) for p in stats) / len(stats) for k in default_ks(self.n)}
@@ -119,8 +120,8 @@ def stratify(base: Run, spec: str) -> Strata:
         raise UserError(f"--bins: {exc}") from None
     members: list[list[str]] = [[] for _ in bins]
     for pid, p in base.problems.items():
-        c = round(p["correct"] * base.n / p["n"])  # a problem with more samples is placed by its share
-        members[next(i for i, (lo, hi) in enumerate(bins) if lo <= c <= hi)].append(pid)
+        # A problem with more samples than the smallest n (possible in `grade` output) is placed by its share.
+        members[bin_index(round(p["correct"] * base.n / p["n"]), bins)].append(pid)
     return Strata(spec, bins, members)
 
 
