@@ -10,16 +10,21 @@ import sys
 from .io import UserError
 
 
-def _parse_bins(text: str) -> list[tuple[int, int]]:
-    """'0,1-4,5-16,17-64' -> [(0, 0), (1, 4), (5, 16), (17, 64)]."""
-    bins = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
+def _bins_spec(text: str) -> str:
+    """--bins: a binning name or explicit edges, checked for syntax here and against n once n is known."""
+    from .metrics import NAMED_BINNINGS, parse_edges
+
+    if text not in NAMED_BINNINGS:
         try:
-            bins.append((int(lo), int(hi or lo)))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad bin {part!r}: use LO-HI or N, comma-separated") from None
-    return bins
+            parse_edges(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+BINS_HELP = ("bins of the correct count: a name (paper-main, paper-fig8, paper-fig10, paper-a6: the paper's bins "
+             "for n = 256, scaled to other n by ceil(edge * n / 256)) or explicit edges covering 0..n, "
+             "e.g. 0,1-4,5-16,17-256")
 
 
 def _parse_ks(text: str) -> list[int]:
@@ -50,7 +55,7 @@ def _add_grade(sub) -> None:
     p.add_argument("--workers", type=int, help="grading processes (default: the CPUs available)")
     p.add_argument("--item-timeout", type=float, default=10.0, help="hard wall-clock bound per answer, seconds")
     p.add_argument("--k", type=_parse_ks, help="pass@k values, e.g. 1,8,64 (default: 1,2,4,...,n)")
-    p.add_argument("--bins", type=_parse_bins, help="difficulty bins of the correct count, e.g. 0,1-4,5-16,17-256")
+    p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: paper-main)")
     p.add_argument("--tokenizer", help="tokenizer (model directory or Hub id) to measure lengths in tokens "
                    "(default: the records' num_tokens if every record has one, else characters)")
     p.set_defaults(func=_run_grade)
@@ -133,17 +138,28 @@ def _run_tiny_model(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="compare evaluation runs: Markdown tables and PNG plots",
-                       description="Compare merged evaluation runs (the first is the base model).")
+    from .paper import MODELS, SPLITS
+
+    p = sub.add_parser("report", help="compare evaluation runs: Markdown tables and the paper's figures as PNGs",
+                       description="Compare merged evaluation runs (the first is the base model): accuracy and "
+                       "capability, pass@k, and the paper's Figures 8, 9, 10, 13 and 14 by the base model's bins.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run directories with summary.json")
     p.add_argument("--out", required=True, help="output directory for report.md and the plots")
+    p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: each figure's own: paper-fig8 for "
+                   "Figures 8 and 9, paper-fig10 for Figure 10, paper-a6 for Figures 13 and 14)")
+    p.add_argument("--hardest", type=int, metavar="K", help="only the K problems the base solves least often "
+                   "(ties broken by problem id), e.g. 50 as in the paper's Figure 16")
+    p.add_argument("--paper", choices=tuple(MODELS), help="print the paper's Table 3 rows for this model beside yours")
+    p.add_argument("--paper-split", choices=tuple(SPLITS), default="math500",
+                   help="which Table 3 split --paper shows (default: %(default)s)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
     from .report import build_report
 
-    path = build_report(args.runs, args.out)
+    path = build_report(args.runs, args.out, bins=args.bins, hardest=args.hardest, paper_model=args.paper,
+                        paper_split=args.paper_split)
     print(path.read_text().split("## pass@k")[0])
     print(f"wrote {path}")
     return 0

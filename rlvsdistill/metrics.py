@@ -2,29 +2,27 @@
 
 Input is one record per sample (problem id, verdict, answer key, response, optional level/subject/tokens);
 ``summarize`` groups them by problem and returns a JSON-ready dict with accuracy, pass@k, maj@n, answer entropy,
-difficulty bins, lengths, reflection keywords and per-level / per-subject breakdowns.
+difficulty bins, lengths, reflection keywords, per-level / per-subject breakdowns, and a ``problem_stats`` block
+per problem, from which ``pool_problem_stats`` recomputes the means over any subset (a bin of another run).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-# The reflection keywords counted by the authors' released analysis script (check_cognitive.py in
-# minwukim/VRL): case-sensitive substrings, as there. The paper's Table 5 lists 30 keywords; that table was
-# not available to us, so this default is the authors' code's list. Pass ``keywords=`` to count your own.
+# Table 5 of the paper (arXiv 2505.14216 v2, A.6.2): the 27 reflection-related phrases as stored. The paper
+# counts occurrences per response in lower case; ``keyword_counts`` matches them case-insensitively and as whole
+# words or phrases (so "ok" does not match "look" or "token"). Pass ``keywords=`` to count your own.
 REFLECTION_KEYWORDS: tuple[str, ...] = (
-    "rethink",
-    "recheck",
-    "re-evaluate",
-    "try again",
-    "check again",
-    "Hmm",
-    "verify",
-    "Wait",
+    "actually", "aha", "alternatively", "correction:", "another approach", "different method",
+    "checking our work", "double-check", "hmm", "however", "I made a mistake", "I need to reconsider", "I realize",
+    "let me recalculate", "let me think", "let's check", "let's reconsider", "looking back", "make sure", "ok",
+    "on second thought", "retracing", "to be sure", "to confirm", "verify", "wait", "we could also",
 )
 
 
@@ -91,22 +89,57 @@ def answer_entropy(keys: Sequence[str | None], correct: Sequence[bool]) -> float
 
 Bin = tuple[int, int]  # inclusive correct-count range
 
+PAPER_N = 256  # samples per problem in the paper; its binnings are defined for this n
+# The paper's binnings of the base model's correct count out of 256 (arXiv 2505.14216 v2).
+NAMED_BINNINGS: dict[str, tuple[Bin, ...]] = {
+    "paper-main": ((0, 0), (1, 4), (5, 16), (17, 64), (65, 128), (129, 256)),  # main text
+    "paper-fig8": ((0, 0), (1, 4), (5, 16), (17, 32), (33, 64), (65, 128), (129, 192), (193, 256)),  # Figs 8, 9
+    "paper-fig10": ((0, 0), (1, 8), (9, 64), (65, 128), (129, 192), (193, 256)),  # Fig 10 (entropy)
+    "paper-a6": ((0, 64), (65, 128), (129, 192), (193, 256)),  # A.6, Figs 13, 14 (lengths, keywords)
+}
 
-def difficulty_bins(n: int) -> list[Bin]:
-    """Bins of the correct count c out of n samples.
 
-    For n = 256 these are the paper's [0], [1-4], [5-16], [17-64], [65-128], [129-256]. For other n the same
-    rule: upper edges at ceil(n/64), ceil(n/16), ceil(n/4), ceil(n/2) and n, empty bins dropped.
-    """
+def scale_bins(bins: Sequence[Bin], n: int, of: int = PAPER_N) -> list[Bin]:
+    """Bins that cover 0..``of`` scaled to 0..n: each upper edge e becomes ceil(e * n / of); bins left empty are
+    dropped. At n = ``of`` the bins are unchanged."""
     if n < 1:
         raise ValueError("n must be >= 1")
-    edges = sorted({math.ceil(n * f) for f in (1 / 64, 1 / 16, 1 / 4, 1 / 2)} | {n})
-    bins, lo = [(0, 0)], 1
-    for hi in edges:
+    out, lo = [], 0
+    for _, hi in validate_bins(bins, of):
+        hi = math.ceil(hi * n / of)
         if hi >= lo:
-            bins.append((lo, hi))
+            out.append((lo, hi))
             lo = hi + 1
+    return out
+
+
+def difficulty_bins(n: int) -> list[Bin]:
+    """The paper's main-text bins of the correct count c out of n: [0], [1-4], [5-16], [17-64], [65-128],
+    [129-256] at n = 256, scaled as ``scale_bins`` does for other n."""
+    return scale_bins(NAMED_BINNINGS["paper-main"], n)
+
+
+def parse_edges(text: str) -> list[Bin]:
+    """'0,1-4,5-16,17-64' -> [(0, 0), (1, 4), (5, 16), (17, 64)]; ValueError on bad syntax."""
+    bins = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            bins.append((int(lo), int(hi or lo)))
+        except ValueError:
+            raise ValueError(f"bad bin {part.strip()!r} in {text!r}: use LO-HI or N, comma-separated, or one of "
+                             f"{', '.join(NAMED_BINNINGS)}") from None
     return bins
+
+
+def resolve_bins(spec: str | Sequence[Bin], n: int) -> list[Bin]:
+    """Bins for n samples per problem from a binning name (``NAMED_BINNINGS``, scaled when n != 256), explicit
+    edges ('0,1-4,5-256') or a list of (lo, hi); explicit bins must cover 0..n exactly."""
+    if isinstance(spec, str):
+        if spec in NAMED_BINNINGS:
+            return scale_bins(NAMED_BINNINGS[spec], n)
+        spec = parse_edges(spec)
+    return validate_bins(spec, n)
 
 
 def validate_bins(bins: Sequence[Bin], n: int) -> list[Bin]:
@@ -147,9 +180,25 @@ def transition_matrix(
     return matrix
 
 
+@functools.lru_cache(maxsize=1024)
+def _keyword_pattern(keyword: str) -> re.Pattern:
+    """The pattern of one keyword, to run on lower-cased text: whole words or phrases (a word character at either
+    end of the keyword may not touch another word character), any whitespace run between a phrase's words, and
+    ' matching ’ too. The start boundary is a lookbehind placed after the first word, so that the pattern begins
+    with a literal, which Python's regex engine searches for quickly."""
+    words = [re.escape(w).replace("'", "['’]") for w in keyword.lower().split()]
+    if not words:
+        raise ValueError("empty keyword")
+    start = rf"(?<!\w{words[0]})" if re.match(r"\w", keyword) else ""
+    end = r"(?!\w)" if re.search(r"\w$", keyword) else ""
+    return re.compile(words[0] + start + "".join(rf"\s+{w}" for w in words[1:]) + end)
+
+
 def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict[str, int]:
-    """Occurrences of each keyword (case-sensitive substring) in one response."""
-    return {kw: len(re.findall(re.escape(kw), text)) for kw in keywords}
+    """Occurrences of each keyword in one response, case-insensitive, as whole words or phrases (so "ok" does
+    not match "look"). A response contains a keyword ("presence") when its count is above 0."""
+    lowered = text.lower()
+    return {kw: len(_keyword_pattern(kw).findall(lowered)) for kw in keywords}
 
 
 @dataclass(frozen=True)
@@ -170,6 +219,60 @@ class Sample:
 def _mean(xs: Iterable[float]) -> float | None:
     xs = list(xs)
     return sum(xs) / len(xs) if xs else None
+
+
+def problem_stats(samples: Sequence[Sample], length_of: Callable[[Sample], int],
+                  keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict:
+    """The per-problem block of ``summary.json`` from one problem's samples; the report joins these blocks across
+    runs on the problem id to stratify by the base model's bins.
+
+    Keys: ``n``, ``correct`` (count), ``majority_correct``, ``answer_entropy_nats``, ``length_sum`` {correct,
+    wrong} (in the summary's ``length_unit``; the sample counts are ``correct`` and n - correct), and
+    ``keyword_occurrences`` / ``keyword_responses`` {correct, wrong}: lists aligned with ``keywords`` of the total
+    occurrences and of the number of responses that contain each keyword.
+    """
+    keys, correct = [s.key for s in samples], [s.correct for s in samples]
+    lengths = {"correct": 0, "wrong": 0}
+    occurrences = {"correct": [0] * len(keywords), "wrong": [0] * len(keywords)}
+    responses = {"correct": [0] * len(keywords), "wrong": [0] * len(keywords)}
+    for s in samples:
+        side = "correct" if s.correct else "wrong"
+        lengths[side] += length_of(s)
+        for i, count in enumerate(keyword_counts(s.response, keywords).values()):
+            occurrences[side][i] += count
+            responses[side][i] += count > 0
+    return {"n": len(samples), "correct": sum(correct), "majority_correct": majority_correct(keys, correct),
+            "answer_entropy_nats": answer_entropy(keys, correct), "length_sum": lengths,
+            "keyword_occurrences": occurrences, "keyword_responses": responses}
+
+
+def pool_problem_stats(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
+    """Fold ``problem_stats`` blocks of a set of problems into its means: ``problems``, ``accuracy`` (mean c/n),
+    ``maj`` (share of problems whose majority answer is correct), ``answer_entropy_nats`` (mean over problems),
+    ``mean_length`` {correct, wrong} (per response), ``reflection_per_response`` {correct, wrong} (all keywords'
+    occurrences per response), and per keyword ``keywords_per_response`` (occurrences per response) and
+    ``keyword_presence`` (share of responses containing it), each {correct, wrong}. Means over nothing are None."""
+    stats = list(stats)
+    responses = {"correct": sum(p["correct"] for p in stats)}
+    responses["wrong"] = sum(p["n"] for p in stats) - responses["correct"]
+
+    def per_response(side: str, total: float) -> float | None:
+        return total / responses[side] if responses[side] else None
+
+    def by_side(field: str, i: int) -> dict:
+        return {side: per_response(side, sum(p[field][side][i] for p in stats)) for side in responses}
+
+    return {
+        "problems": len(stats),
+        "accuracy": _mean(p["correct"] / p["n"] for p in stats),
+        "maj": _mean(float(p["majority_correct"]) for p in stats),
+        "answer_entropy_nats": _mean(p["answer_entropy_nats"] for p in stats),
+        "mean_length": {side: per_response(side, sum(p["length_sum"][side] for p in stats)) for side in responses},
+        "reflection_per_response": {
+            side: per_response(side, sum(sum(p["keyword_occurrences"][side]) for p in stats)) for side in responses},
+        "keywords_per_response": {kw: by_side("keyword_occurrences", i) for i, kw in enumerate(keywords)},
+        "keyword_presence": {kw: by_side("keyword_responses", i) for i, kw in enumerate(keywords)},
+    }
 
 
 def _capability_block(groups: Mapping[str, list[Sample]], ks: Sequence[int]) -> dict:
@@ -209,7 +312,7 @@ def summarize(
     too_big = [k for k in ks if k > n]
     if too_big:
         raise ValueError(f"pass@k with k = {too_big} needs at least that many samples per problem; n = {n}")
-    bins = validate_bins(bins, n) if bins else difficulty_bins(n)
+    bins = resolve_bins(bins, n) if bins else difficulty_bins(n)
     if length_of is None:
         unit = "tokens" if all(s.num_tokens is not None for s in samples) else "chars"
         length_of = (lambda s: s.num_tokens) if unit == "tokens" else (lambda s: len(s.response))
@@ -252,17 +355,11 @@ def summarize(
         "mean_correct": _mean(length_of(s) for s in samples if s.correct),
         "mean_wrong": _mean(length_of(s) for s in samples if not s.correct),
     }
-    kw_correct, kw_wrong = Counter(), Counter()
-    n_correct = sum(s.correct for s in samples)
-    for s in samples:
-        (kw_correct if s.correct else kw_wrong).update(keyword_counts(s.response, keywords))
-    summary["keywords_per_response"] = {
-        kw: {
-            "correct": kw_correct[kw] / n_correct if n_correct else None,
-            "wrong": kw_wrong[kw] / (len(samples) - n_correct) if len(samples) > n_correct else None,
-        }
-        for kw in keywords
-    }
+    per_problem = {pid: problem_stats(g, length_of, keywords) for pid, g in groups.items()}
+    pooled = pool_problem_stats(per_problem.values(), keywords)
+    summary["keywords"] = list(keywords)
+    summary["keywords_per_response"] = pooled["keywords_per_response"]
+    summary["keyword_presence"] = pooled["keyword_presence"]
     for field in ("level", "subject"):
         values = sorted({str(getattr(g[0], field)) for g in groups.values() if getattr(g[0], field) is not None})
         if values:
@@ -271,4 +368,5 @@ def summarize(
                 for v in values
             }
     summary["correct_counts"] = dict(sorted(correct_counts.items()))
+    summary["per_problem"] = per_problem
     return summary

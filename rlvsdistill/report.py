@@ -1,33 +1,128 @@
-"""Comparison report of evaluation runs: Markdown tables and PNG plots in the spirit of the paper's figures.
+"""Comparison report of evaluation runs: Markdown tables and PNG panels of the paper's figures.
 
-Input: run directories with a merged ``summary.json`` (the first is the base model). Every number in the report
-is read from those files: accuracy vs capability, pass@k curves, mean success per difficulty bin of the base
-model, transitions of problems between bins (base -> each other run), lengths and reflection keywords.
+Input: run directories with a merged ``summary.json`` (the first is the base model). Every number comes from the
+runs' per-problem blocks (``metrics.problem_stats``), joined on the problem id:
+
+- accuracy, maj@n and pass@n (optionally beside the paper's Table 3 row, ``--paper``), and pass@k curves;
+- Figure 8: mean success per bin of the *base* model's correct count, and its change against the base;
+- Figure 9: transitions of problems between bins (base -> each other run);
+- Figure 10: answer entropy per base bin;
+- Figures 13 and 14: response length and reflection keywords per base bin, split by correctness.
+
+Each figure uses the paper's binning for it (``FIGURE_BINNINGS``) unless ``bins`` names one for all.
+``hardest=K`` restricts everything to the K problems the base solves least often.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from . import paper
 from .evaluate import load_summary
 from .io import UserError, atomic_open
-from .metrics import bin_index, bin_label, difficulty_bins, transition_matrix
+from .metrics import (
+    NAMED_BINNINGS,
+    PAPER_N,
+    Bin,
+    bin_index,
+    bin_label,
+    default_ks,
+    pass_at_k,
+    pool_problem_stats,
+    resolve_bins,
+    transition_matrix,
+)
 
 logger = logging.getLogger(__name__)
 
-_PASS_KEY = re.compile(r"pass@k:k=(\d+)&n=(\d+)")
+# The paper's binning for each figure that groups problems by the base model's correct count.
+FIGURE_BINNINGS = {"fig8": "paper-fig8", "fig10": "paper-fig10", "a6": "paper-a6"}
+SIDES = ("correct", "wrong")
 
 
-def pass_curve(summary: dict) -> dict[int, float]:
-    """{k: pass@k} from a summary's ``pass@k:k=K&n=N`` keys."""
-    return {int(m.group(1)): v for key, v in summary.items() if (m := _PASS_KEY.fullmatch(key))}
+@dataclass
+class Run:
+    """One evaluation run: its directory name, summary.json and per-problem blocks (possibly restricted)."""
+
+    name: str
+    summary: dict
+    problems: dict[str, dict]
+
+    @property
+    def n(self) -> int:
+        """Samples per problem (the smallest, if they differ)."""
+        return min(p["n"] for p in self.problems.values())
+
+    def pooled(self, ids=None) -> dict:
+        """``pool_problem_stats`` over the given problem ids that this run has (default: all of its problems)."""
+        ids = self.problems if ids is None else [i for i in ids if i in self.problems]
+        return pool_problem_stats((self.problems[i] for i in ids), self.summary["keywords"])
+
+    def pass_curve(self) -> dict[int, float]:
+        """{k: mean pass@k} for k = 1, 2, 4, ... n over this run's problems."""
+        stats = self.problems.values()
+        return {k: sum(pass_at_k(p["n"], p["correct"], k) for p in stats) / len(stats) for k in default_ks(self.n)}
 
 
-def samples_per_problem(summary: dict) -> int:
-    n = summary["samples_per_problem"]
-    return n if isinstance(n, int) else n["min"]
+@dataclass
+class Strata:
+    """Problems grouped by the base run's correct count under one binning."""
+
+    title: str  # e.g. "paper-fig8" or the explicit edges
+    bins: list[Bin]
+    members: list[list[str]]  # problem ids of each bin
+
+    @property
+    def labels(self) -> list[str]:
+        return [bin_label(b) for b in self.bins]
+
+    def pooled(self, run: Run) -> list[dict]:
+        """The run's pooled stats in each bin (over the bin's problems the run has)."""
+        return [run.pooled(ids) for ids in self.members]
+
+
+def load_runs(run_dirs: list[str]) -> list[Run]:
+    """Read each run's summary.json; errors name the run directory."""
+    if not run_dirs:
+        raise UserError("report: give at least one run directory (the first is the base model)")
+    runs = []
+    for d in run_dirs:
+        summary = load_summary(d)
+        if "per_problem" not in summary:
+            raise UserError(f"{d}/summary.json has no per_problem block (written by an older rlvsdistill); "
+                            "run `rlvsdistill eval-merge` (or `grade`) again to rewrite it")
+        runs.append(Run(Path(d).name, summary, summary["per_problem"]))
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise UserError(f"report: run directory names must differ to label them: {names}")
+    for r in runs[1:]:
+        if r.summary["keywords"] != runs[0].summary["keywords"]:
+            raise UserError(f"report: {r.name} counted other reflection keywords than {runs[0].name}; "
+                            "merge both with the same keyword list")
+    return runs
+
+
+def hardest_problems(base: Run, k: int) -> list[str]:
+    """The k problems the base solves least often: by correct share, ties by problem id."""
+    if not 1 <= k <= len(base.problems):
+        raise UserError(f"--hardest {k}: the base run {base.name} has {len(base.problems)} problems")
+    return sorted(base.problems, key=lambda i: (base.problems[i]["correct"] / base.problems[i]["n"], i))[:k]
+
+
+def stratify(base: Run, spec: str) -> Strata:
+    """Group the base run's problems by its correct count under a binning name or explicit edges."""
+    try:
+        bins = resolve_bins(spec, base.n)
+    except ValueError as exc:
+        raise UserError(f"--bins: {exc}") from None
+    members: list[list[str]] = [[] for _ in bins]
+    for pid, p in base.problems.items():
+        # A problem with more samples than the smallest n (possible in `grade` output) is placed by its share.
+        members[bin_index(round(p["correct"] * base.n / p["n"]), bins)].append(pid)
+    return Strata(spec, bins, members)
 
 
 def _fmt(x) -> str:
@@ -40,135 +135,233 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _savefig(fig, path: Path) -> None:
-    with atomic_open(path, "wb") as f:
+def _png(out: Path, name: str, fig) -> str:
+    """Save the figure atomically as ``out/name`` and close it; returns the name for the Markdown link."""
+    import matplotlib.pyplot as plt
+
+    with atomic_open(out / name, "wb") as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return name
 
 
-def build_report(run_dirs: list[str], out_dir: str) -> Path:
-    """Write ``report.md`` and its PNGs to ``out_dir``; returns the Markdown path."""
+def _bar_panels(panels: dict[str, dict[str, list]], labels: list[str], xlabel: str, ylabel: str):
+    """A figure with one subplot per panel (title -> {run: value per label}), grouped bars per label; a run keeps
+    its colour across panels (the order of the first panel)."""
+    import matplotlib.pyplot as plt
+
+    colors = {name: f"C{i}" for i, name in enumerate(next(iter(panels.values())))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4), squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels.items()):
+        width = 0.8 / max(1, len(series))
+        for j, (name, values) in enumerate(series.items()):
+            ax.bar([i + j * width for i in range(len(labels))], [0 if v is None else v for v in values], width,
+                   label=name, color=colors.get(name))
+        ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(labels))], labels, rotation=30,
+                      fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.legend(fontsize=8)
+    return fig
+
+
+class Report:
+    """Builds report.md section by section; each ``section_*`` method returns its Markdown lines."""
+
+    def __init__(self, runs: list[Run], out: Path, bins: str | None):
+        self.runs, self.out, self.bins = runs, out, bins
+        self.base = runs[0]
+        self.keywords = self.base.summary["keywords"]
+        self.unit = self.base.summary.get("length_unit", "chars")
+
+    def strata(self, figure: str) -> Strata:
+        return stratify(self.base, self.bins or FIGURE_BINNINGS[figure])
+
+    def bin_axis(self, strata: Strata) -> str:
+        return f"{self.base.name}'s correct count out of {self.base.n} ({strata.title})"
+
+    def bin_header(self, strata: Strata) -> list[str]:
+        return [f"{label} ({len(ids)})" for label, ids in zip(strata.labels, strata.members)]
+
+    def section_accuracy(self) -> list[str]:
+        rows = []
+        for r in self.runs:
+            pooled, n = r.pooled(), r.n
+            rows.append([r.name, r.summary.get("run", {}).get("model", "-"), pooled["problems"], n,
+                         pooled["accuracy"], r.pass_curve()[n], pooled["maj"], r.summary["verdicts"]["no_answer"]])
+        return ["## Accuracy (pass@1) and capability (pass@n)", "",
+                _table(["run", "model", "problems", "n", "accuracy", "pass@n", "maj@n", "no-answer samples (whole run)"],
+                       rows), ""]
+
+    def section_paper(self, model: str, split: str) -> list[str]:
+        rows = [[f"paper: {paper.MODELS[model]} {row}", PAPER_N, *(f"{v:.1f}%" for v in values)]
+                for row, values in paper.TABLE3[(model, split)].items()]
+        for r in self.runs:
+            pooled = r.pooled()
+            rows.append([r.name, r.n, *(f"{100 * v:.1f}%" for v in (pooled["accuracy"], pooled["maj"],
+                                                                  r.pass_curve()[r.n]))])
+        notes = [f"The paper's RL model for {paper.MODELS[model]} is {paper.RL_MODEL[model]}."]
+        if any(r.n != PAPER_N for r in self.runs):
+            notes.append(f"Runs with n != {PAPER_N} show maj@n and pass@n, which are not comparable with @256.")
+        if len(self.base.problems) != len(self.base.summary["per_problem"]):
+            notes.append("The paper's rows are over all problems; this report's runs are restricted (--hardest).")
+        return [f"## Compared with the paper (Table 3, {paper.SPLITS[split]})", "",
+                _table(["model", "n", "accuracy", "maj@n", "pass@n"], rows), "", *[x for n in notes for x in (n, "")]]
+
+    def section_pass_at_k(self) -> list[str]:
+        import matplotlib.pyplot as plt
+
+        curves = {r.name: r.pass_curve() for r in self.runs}
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, curve in curves.items():
+            ax.plot(list(curve), list(curve.values()), marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="k", ylabel="pass@k", title="pass@k")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        png = _png(self.out, "pass_at_k.png", fig)
+        ks = sorted(set().union(*curves.values()))
+        return ["## pass@k", "", f"![pass@k]({png})", "",
+                _table(["run"] + [f"pass@{k}" for k in ks], [[name] + [c.get(k) for k in ks]
+                                                             for name, c in curves.items()]), ""]
+
+    def section_success(self) -> list[str]:
+        strata = self.strata("fig8")
+        success = {r.name: [p["accuracy"] for p in strata.pooled(r)] for r in self.runs}
+        base = success[self.base.name]
+        change = {name: [None if v is None or b is None else v - b for v, b in zip(values, base)]
+                  for name, values in success.items() if name != self.base.name}
+        panels = {"mean success rate": success}
+        if change:
+            panels[f"change against {self.base.name}"] = change
+        png = _png(self.out, "success_by_bin.png", _bar_panels(panels, strata.labels, self.bin_axis(strata), "success rate"))
+        rows = [[name] + values for name, values in success.items()]
+        rows += [[f"{name} - {self.base.name}"] + values for name, values in change.items()]
+        return [f"## Figure 8: mean success per bin of {self.base.name}'s correct count", "",
+                f"![Figure 8: success by bin]({png})", "",
+                _table(["run \\ bin (problems)"] + self.bin_header(strata), rows), ""]
+
+    def section_transitions(self) -> list[str]:
+        import matplotlib.pyplot as plt
+
+        strata, md = self.strata("fig8"), []
+        base_counts = {i: p["correct"] for i, p in self.base.problems.items()}
+        for r in self.runs[1:]:
+            title = f"## Figure 9: transitions {self.base.name} -> {r.name}"
+            if r.n != self.base.n:
+                md += [title, "", f"Not drawn: {r.name} has n = {r.n}, the base n = {self.base.n}.", ""]
+                continue
+            matrix = transition_matrix(base_counts, {i: p["correct"] for i, p in r.problems.items()}, strata.bins)
+            fig, ax = plt.subplots(figsize=(5, 4))
+            im = ax.imshow(matrix, cmap="Blues")
+            top = max(max(row) for row in matrix)
+            for i, row in enumerate(matrix):
+                for j, v in enumerate(row):
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                            color="white" if v > top / 2 else "black")
+            ax.set_xticks(range(len(strata.labels)), strata.labels)
+            ax.set_yticks(range(len(strata.labels)), strata.labels)
+            ax.set(xlabel=f"{r.name}: correct count", ylabel=f"{self.base.name}: correct count ({strata.title})")
+            fig.colorbar(im, ax=ax)
+            png = _png(self.out, f"transitions_{re.sub(r'[^A-Za-z0-9_.-]', '_', r.name)}.png", fig)
+            md += [title, "", f"![Figure 9: transitions]({png})", "",
+                   _table([f"{self.base.name} \\ {r.name}"] + strata.labels,
+                          [[label] + row for label, row in zip(strata.labels, matrix)]), ""]
+        return md
+
+    def section_entropy(self) -> list[str]:
+        strata = self.strata("fig10")
+        entropy = {r.name: [p["answer_entropy_nats"] for p in strata.pooled(r)] for r in self.runs}
+        fig = _bar_panels({"answer entropy": entropy}, strata.labels, self.bin_axis(strata), "mean entropy (nats)")
+        png = _png(self.out, "entropy_by_bin.png", fig)
+        return [f"## Figure 10: answer entropy (nats) per bin of {self.base.name}'s correct count", "",
+                f"![Figure 10: entropy by bin]({png})", "",
+                _table(["run \\ bin (problems)"] + self.bin_header(strata),
+                       [[name] + values for name, values in entropy.items()]), ""]
+
+    def by_correctness(self, strata: Strata, field: str) -> dict[str, dict[str, list]]:
+        """{side: {run: the pooled ``field`` (a {correct, wrong} dict) per bin}}."""
+        pooled = {r.name: strata.pooled(r) for r in self.runs}
+        return {side: {name: [p[field][side] for p in per_bin] for name, per_bin in pooled.items()} for side in SIDES}
+
+    def stratified_section(self, title: str, png: str, field: str, ylabel: str) -> list[str]:
+        """A Figure 13/14 section: ``field`` per base bin, one panel per correctness, a table row per run and side."""
+        strata = self.strata("a6")
+        values = self.by_correctness(strata, field)
+        fig = _bar_panels({f"{side} responses": series for side, series in values.items()}, strata.labels,
+                          self.bin_axis(strata), ylabel)
+        png = _png(self.out, png, fig)
+        rows = [[name, side] + values[side][name] for name in values["correct"] for side in SIDES]
+        return [f"## {title} per bin of {self.base.name}'s correct count, by correctness", "",
+                f"![{title}]({png})", "", _table(["run", "responses"] + self.bin_header(strata), rows), ""]
+
+    def section_keywords(self) -> list[str]:
+        md = self.stratified_section("Figure 14: reflection keywords per response", "keywords_by_bin.png",
+                                     "reflection_per_response", "keyword occurrences per response")
+        pooled = {r.name: r.pooled() for r in self.runs}
+        header = ["keyword"] + [f"{name} {what} {side}" for name in pooled
+                                for what in ("per response", "share") for side in SIDES]
+        rows = [[kw] + [p[field][kw][side] for p in pooled.values()
+                        for field in ("keywords_per_response", "keyword_presence") for side in SIDES]
+                for kw in self.keywords]
+        return md + ["Each keyword over all problems: occurrences per response, and the share of responses that "
+                     "contain it (case-insensitive, whole words).", "", _table(header, rows), ""]
+
+    def notes(self, hardest: int | None) -> list[str]:
+        lines = [f"Base model: **{self.base.name}**. Numbers are computed from each run's `summary.json` "
+                 "(its per-problem block), joined on the problem id."]
+        if hardest:
+            lines.append(f"Restricted to the {hardest} problems {self.base.name} solves least often "
+                         "(ties broken by problem id).")
+        named = [self.bins] if self.bins else list(FIGURE_BINNINGS.values())
+        if self.base.n != PAPER_N and any(b in NAMED_BINNINGS for b in named):
+            lines.append(f"The paper's bins are for n = {PAPER_N}; here n = {self.base.n}, so each upper edge e "
+                         f"becomes ceil(e * {self.base.n} / {PAPER_N}) and bins left empty are dropped.")
+        for r in self.runs[1:]:
+            missing = len(set(self.base.problems) - set(r.problems))
+            if missing:
+                lines.append(f"{r.name} lacks {missing} of the base's problems; its binned numbers use the ones it has.")
+        return [line for text in lines for line in (text, "")]
+
+
+def build_report(run_dirs: list[str], out_dir: str, bins: str | None = None, hardest: int | None = None,
+                 paper_model: str | None = None, paper_split: str = "math500") -> Path:
+    """Write ``report.md`` and its PNGs to ``out_dir``; returns the Markdown path.
+
+    ``bins``: a binning name or explicit edges for every binned figure (default: each figure's paper binning).
+    ``hardest``: restrict to the base's K least-solved problems. ``paper_model``: add the paper's Table 3 rows.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not run_dirs:
-        raise UserError("report: give at least one run directory (the first is the base model)")
-    runs = [(Path(d).name, load_summary(d)) for d in run_dirs]
-    names = [name for name, _ in runs]
-    if len(set(names)) != len(names):
-        raise UserError(f"report: run directory names must differ to label them: {names}")
+    if paper_model and (paper_model, paper_split) not in paper.TABLE3:
+        raise UserError(f"--paper {paper_model} --paper-split {paper_split}: the paper's Table 3 has "
+                        f"{', '.join(paper.MODELS)} on {', '.join(paper.SPLITS)}")
+    runs = load_runs(run_dirs)
+    if hardest is not None:
+        keep = hardest_problems(runs[0], hardest)
+        runs = [Run(r.name, r.summary, {i: r.problems[i] for i in keep if i in r.problems}) for r in runs]
+        for r in runs[1:]:
+            if not r.problems:
+                raise UserError(f"--hardest {hardest}: {r.name} has none of the base's {hardest} hardest problems")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base_name, base = runs[0]
-    md = [f"# Accuracy and capability: {', '.join(names)}", "",
-          f"Base model: **{base_name}**. Numbers are read from each run's `summary.json`.", ""]
-
-    # Accuracy vs capability.
-    rows = []
-    for name, s in runs:
-        n = samples_per_problem(s)
-        curve = pass_curve(s)
-        rows.append([name, s.get("run", {}).get("model", "-"), s["problems"], n, s["accuracy"], curve.get(n),
-                     s.get(f"maj@n:n={n}"), s["verdicts"]["no_answer"]])
-    md += ["## Accuracy (pass@1) and capability (pass@n)", "",
-           _table(["run", "model", "problems", "n", "accuracy", "pass@n", "maj@n", "no answer"], rows), ""]
-
-    # pass@k curves.
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, s in runs:
-        curve = pass_curve(s)
-        ax.plot(list(curve), list(curve.values()), marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k")
-    ax.set_ylabel("pass@k")
-    ax.set_title("pass@k")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    _savefig(fig, out / "pass_at_k.png")
-    plt.close(fig)
-    ks = sorted(set().union(*(pass_curve(s) for _, s in runs)))
-    md += ["## pass@k", "", "![pass@k](pass_at_k.png)", "",
-           _table(["run"] + [f"pass@{k}" for k in ks], [[name] + [pass_curve(s).get(k) for k in ks]
-                                                        for name, s in runs]), ""]
-
-    # Mean success per difficulty bin of the base model.
-    base_counts = base["correct_counts"]
-    base_n = samples_per_problem(base)
-    bins = difficulty_bins(base_n)
-    labels = [bin_label(b) for b in bins]
-    members = [[pid for pid, c in base_counts.items() if bin_index(c, bins) == i] for i in range(len(bins))]
-    success_rows, series = [], {}
-    for name, s in runs:
-        n = samples_per_problem(s)
-        counts = s["correct_counts"]
-        means = []
-        for pids in members:
-            shared = [counts[p] / n for p in pids if p in counts]
-            means.append(sum(shared) / len(shared) if shared else None)
-        series[name] = means
-        success_rows.append([name] + means)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    width = 0.8 / len(runs)
-    for j, (name, means) in enumerate(series.items()):
-        ax.bar([i + j * width for i in range(len(bins))], [m or 0 for m in means], width, label=name)
-    ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(len(bins))], labels)
-    ax.set_xlabel(f"base model's correct count out of {base_n} ({base_name})")
-    ax.set_ylabel("mean success rate")
-    ax.legend()
-    _savefig(fig, out / "success_by_bin.png")
-    plt.close(fig)
-    md += ["## Mean success per difficulty bin of the base model", "", "![success by bin](success_by_bin.png)", "",
-           _table(["run"] + [f"bin {label} ({len(p)} problems)" for label, p in zip(labels, members)],
-                  success_rows), ""]
-
-    # Transitions base -> other.
-    for name, s in runs[1:]:
-        if samples_per_problem(s) != base_n:
-            md += [f"## Transitions {base_name} -> {name}", "",
-                   f"Not drawn: {name} has n = {samples_per_problem(s)}, the base n = {base_n}.", ""]
-            continue
-        matrix = transition_matrix(base_counts, s["correct_counts"], bins)
-        fig, ax = plt.subplots(figsize=(5, 4))
-        im = ax.imshow(matrix, cmap="Blues")
-        for i, row in enumerate(matrix):
-            for j, v in enumerate(row):
-                dark = v > max(max(r) for r in matrix) / 2
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if dark else "black")
-        ax.set_xticks(range(len(labels)), labels)
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_xlabel(f"{name}: correct count")
-        ax.set_ylabel(f"{base_name}: correct count")
-        fig.colorbar(im, ax=ax)
-        png = f"transitions_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.png"
-        _savefig(fig, out / png)
-        plt.close(fig)
-        md += [f"## Transitions {base_name} -> {name}", "", f"![transitions]({png})", "",
-               _table([f"{base_name} \\ {name}"] + labels, [[labels[i]] + row for i, row in enumerate(matrix)]), ""]
-
-    # Lengths and keywords.
-    unit = base.get("length_unit", "chars")
-    md += [f"## Response length ({unit}) and reflection keywords by correctness", "",
-           _table(["run", "mean length, correct", "mean length, wrong"],
-                  [[name, s["length"]["mean_correct"], s["length"]["mean_wrong"]] for name, s in runs]), ""]
-    keywords = list(base["keywords_per_response"])
-    md += [_table(["run", "answers"] + keywords,
-                  [[name, side] + [s["keywords_per_response"][kw][side] for kw in keywords]
-                   for name, s in runs for side in ("correct", "wrong")]), ""]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    width = 0.8 / len(runs)
-    for j, (name, s) in enumerate(runs):
-        vals = [s["length"]["mean_correct"] or 0, s["length"]["mean_wrong"] or 0]
-        ax.bar([i + j * width for i in range(2)], vals, width, label=name)
-    ax.set_xticks([i + width * (len(runs) - 1) / 2 for i in range(2)], ["correct", "wrong"])
-    ax.set_ylabel(f"mean response length ({unit})")
-    ax.legend()
-    _savefig(fig, out / "length.png")
-    plt.close(fig)
-    md += ["![length](length.png)", ""]
-
-    report = out / "report.md"
-    with atomic_open(report) as f:
+    report = Report(runs, out, bins)
+    for figure in FIGURE_BINNINGS:
+        report.strata(figure)  # a bad --bins fails before any file is written
+    md = [f"# Accuracy and capability: {', '.join(r.name for r in runs)}", "", *report.notes(hardest)]
+    md += report.section_accuracy()
+    if paper_model:
+        md += report.section_paper(paper_model, paper_split)
+    md += report.section_pass_at_k()
+    md += report.section_success()
+    md += report.section_transitions()
+    md += report.section_entropy()
+    md += report.stratified_section(f"Figure 13: response length ({report.unit})", "length_by_bin.png",
+                                    "mean_length", f"mean length ({report.unit})")
+    md += report.section_keywords()
+    path = out / "report.md"
+    with atomic_open(path) as f:
         f.write("\n".join(md))
-    logger.info("report written to %s", report)
-    return report
+    logger.info("report written to %s", path)
+    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 from .data import Problem, load_problems_jsonl
 from .grading import ExtractMode, GraderPool, GraderSettings
 from .io import UserError, read_jsonl, write_json, write_jsonl
-from .metrics import Bin, Sample, summarize, validate_bins
+from .metrics import Bin, Sample, resolve_bins, summarize
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def grade_file(
     workers: int | None = None,
     item_timeout: float = 10.0,
     ks: Sequence[int] | None = None,
-    bins: Sequence[Bin] | None = None,
+    bins: str | Sequence[Bin] | None = None,
     tokenizer: str | None = None,
 ) -> dict:
     """Grade a JSONL of responses; write ``verdicts.jsonl`` and ``summary.json`` to ``out_dir``; return the summary.
@@ -122,7 +122,7 @@ def grade_file(
         raise UserError(f"pass@k with k = {max(ks)} needs at least that many samples per problem; n = {n}")
     if bins:
         try:
-            validate_bins(bins, n)
+            resolve_bins(bins, n)
         except ValueError as exc:
             raise UserError(f"--bins: {exc}") from None
     progress = Progress("grading", total=0, unit="answers", every=5.0)

@@ -108,7 +108,7 @@ def test_report_on_two_runs(tmp_path, unsharded, tiny_model, sevens):
     out = tmp_path / "report"
     assert main(["report", str(base), str(unsharded), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    for png in ("pass_at_k.png", "success_by_bin.png", f"transitions_{unsharded.name}.png", "length.png"):
+    for png in ("pass_at_k.png", "success_by_bin.png", f"transitions_{unsharded.name}.png", "length_by_bin.png"):
         assert (out / png).stat().st_size > 1000 and png in md
     for run in (base, unsharded):
         s = json.loads((run / "summary.json").read_text())

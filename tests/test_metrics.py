@@ -2,17 +2,22 @@
 
 import itertools
 import math
+import re
 from fractions import Fraction
 
 import pytest
 
 from rlvsdistill.metrics import (
+    REFLECTION_KEYWORDS,
     Sample,
     answer_entropy,
     default_ks,
     difficulty_bins,
     keyword_counts,
     majority_correct,
+    pool_problem_stats,
+    problem_stats,
+    resolve_bins,
     pass_at_k,
     summarize,
     transition_matrix,
@@ -87,6 +92,36 @@ def test_difficulty_bins_paper_and_rule():
             validate_bins(bad, 4)
 
 
+BINNING_CASES = [
+    # (spec, n, bins)
+    ("paper-main", 256, [(0, 0), (1, 4), (5, 16), (17, 64), (65, 128), (129, 256)]),  # the paper's main text
+    ("paper-fig8", 256, [(0, 0), (1, 4), (5, 16), (17, 32), (33, 64), (65, 128), (129, 192), (193, 256)]),
+    ("paper-fig10", 256, [(0, 0), (1, 8), (9, 64), (65, 128), (129, 192), (193, 256)]),
+    ("paper-a6", 256, [(0, 64), (65, 128), (129, 192), (193, 256)]),  # four bins of 64
+    ("paper-fig8", 512, [(0, 0), (1, 8), (9, 32), (33, 64), (65, 128), (129, 256), (257, 384), (385, 512)]),  # x2
+    ("paper-fig8", 8, [(0, 0), (1, 1), (2, 2), (3, 4), (5, 6), (7, 8)]),  # edges ceil(e*8/256); empty bins dropped
+    ("paper-a6", 4, [(0, 1), (2, 2), (3, 3), (4, 4)]),  # the first bin keeps 0
+    ("paper-fig10", 1, [(0, 0), (1, 1)]),
+    ("0,1-3,4", 4, [(0, 0), (1, 3), (4, 4)]),  # explicit edges are taken as they are
+]
+
+
+@pytest.mark.parametrize("spec,n,expected", BINNING_CASES)
+def test_resolve_bins(spec, n, expected):
+    assert resolve_bins(spec, n) == expected
+
+
+@pytest.mark.parametrize("spec,error", [
+    ("0,1-4,5-200", "must end at n = 256"),  # explicit edges must reach n
+    ("0,2-256", "without gaps"),
+    ("paper-fig9", "bad bin 'paper-fig9'"),  # an unknown name is not read as edges
+    ("0,1-x", "one of paper-main, paper-fig8, paper-fig10, paper-a6"),  # the error lists the names
+])
+def test_resolve_bins_errors(spec, error):
+    with pytest.raises(ValueError, match=re.escape(error)):
+        resolve_bins(spec, 256)
+
+
 def test_transition_matrix():
     bins = [(0, 0), (1, 2), (3, 4)]
     base = {"a": 0, "b": 1, "c": 4, "d": 3, "only-base": 2}
@@ -98,11 +133,46 @@ def test_transition_matrix():
     ]
 
 
-def test_keyword_counts():
-    text = "Wait, let me recheck. Wait again. wait (lower case does not count)"
-    counts = keyword_counts(text)
-    assert counts["Wait"] == 2 and counts["recheck"] == 1 and counts["Hmm"] == 0
-    assert keyword_counts("try again, try again", ["try again"]) == {"try again": 2}
+TABLE_5 = """actually, aha, alternatively, correction:, another approach, different method, checking our work,
+double-check, hmm, however, I made a mistake, I need to reconsider, I realize, let me recalculate, let me think,
+let's check, let's reconsider, looking back, make sure, ok, on second thought, retracing, to be sure, to confirm,
+verify, wait, we could also"""  # as printed in reference.md
+
+
+def test_default_keywords_are_table_5():
+    assert REFLECTION_KEYWORDS == tuple(k.strip() for k in TABLE_5.replace("\n", " ").split(","))
+    assert len(REFLECTION_KEYWORDS) == 27
+
+
+KEYWORD_CASES = [
+    # (text, keyword, occurrences)
+    ("Wait, wait. WAIT!", "wait", 3),  # case-insensitive, every occurrence counts
+    ("Let me look at the token", "ok", 0),  # "ok" inside "look" and "token" is not the word "ok"
+    ("OK, so ok. Okay.", "ok", 2),  # the word "ok" in any case; "Okay" is another word
+    ("Hmm... hmmm", "hmm", 1),  # "hmmm" is not "hmm"
+    ("We verify it. Verifying again; verified.", "verify", 1),  # inflections are other words
+    ("Correction: 2. The correction is 3.", "correction:", 1),  # the colon is part of the keyword
+    ("self-correction: x", "correction:", 1),  # a hyphen is a word boundary
+    ("let me\n  think. Let me thinking", "let me think", 1),  # any whitespace between a phrase's words
+    ("Let’s check. let's check", "let's check", 2),  # typographic and straight apostrophes
+    ("Let us check", "let's check", 0),  # a phrase matches only as written
+    ("double-check, double-checked, double check", "double-check", 1),  # hyphenated word, whole
+    ("Aha! ahah. aha", "aha", 2),
+    ("I realize now; i realized", "I realize", 1),  # an upper-case keyword matches lower-case text
+    ("Actually_ actually2 actually", "actually", 1),  # underscores and digits are word characters
+]
+
+
+@pytest.mark.parametrize("text,keyword,expected", KEYWORD_CASES)
+def test_keyword_counts_whole_words_case_insensitive(text, keyword, expected):
+    assert keyword_counts(text, [keyword]) == {keyword: expected}
+
+
+def test_keyword_counts_default_list():
+    counts = keyword_counts("Wait, I need to reconsider. Hmm, let me think. Looking back, wait.")
+    assert counts.keys() == set(REFLECTION_KEYWORDS)
+    assert {k: v for k, v in counts.items() if v} == {
+        "wait": 2, "I need to reconsider": 1, "hmm": 1, "let me think": 1, "looking back": 1}
 
 
 def _samples():
@@ -127,8 +197,42 @@ def test_summarize_hand_made():
     assert out["correct_counts"] == {"p1": 3, "p2": 0}
     assert [b["problems"] for b in out["difficulty_bins"]] == [1, 0, 0, 1]  # bins 0, 1, 2, 3-4 for n = 4
     assert out["length_unit"] == "chars"
-    assert out["keywords_per_response"]["Wait"] == {"correct": 1.0, "wrong": 0.0}
+    assert out["keywords_per_response"]["wait"] == {"correct": 1.0, "wrong": 0.0}
     assert out["by_level"]["1"]["accuracy"] == 0.75 and out["by_subject"]["Geometry"]["accuracy"] == 0.0
+
+
+def test_problem_stats_and_pooling():
+    kws = ["wait", "ok"]
+    samples = [
+        Sample("p", True, "correct", "1", "box", "Wait, ok. Wait."),  # 15 chars: wait x2, ok x1
+        Sample("p", True, "correct", "1", "box", "look: 1"),  # 7 chars, no keyword ("look" is not "ok")
+        Sample("p", False, "wrong", "2", "box", "wait 2"),  # 6 chars
+    ]
+    stats = problem_stats(samples, lambda s: len(s.response), kws)
+    assert stats == {
+        "n": 3, "correct": 2, "majority_correct": True, "answer_entropy_nats": pytest.approx(
+            -(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3)),
+        "length_sum": {"correct": 22, "wrong": 6},
+        "keyword_occurrences": {"correct": [2, 1], "wrong": [1, 0]},
+        "keyword_responses": {"correct": [1, 1], "wrong": [1, 0]},
+    }
+    other = problem_stats([Sample("q", False, "no_answer", None, None, "ok ok")], lambda s: len(s.response), kws)
+    pooled = pool_problem_stats([stats, other], kws)
+    assert pooled["problems"] == 2 and pooled["accuracy"] == pytest.approx((2 / 3 + 0) / 2) and pooled["maj"] == 0.5
+    assert pooled["mean_length"] == {"correct": 11.0, "wrong": (6 + 5) / 2}
+    assert pooled["keywords_per_response"]["ok"] == {"correct": 0.5, "wrong": 1.0}  # 1 of 2; 2 in 2 responses
+    assert pooled["keyword_presence"]["ok"] == {"correct": 0.5, "wrong": 0.5}  # 1 response of 2 on each side
+    assert pooled["reflection_per_response"] == {"correct": 1.5, "wrong": 1.5}
+    assert pool_problem_stats([], kws)["accuracy"] is None
+
+
+def test_summarize_keeps_a_block_per_problem():
+    out = summarize(_samples(), keywords=["wait"])
+    assert out["keywords"] == ["wait"] and out["per_problem"].keys() == {"p1", "p2"}
+    assert out["per_problem"]["p1"]["correct"] == 3 and out["per_problem"]["p2"]["n"] == 4
+    assert out["per_problem"]["p1"]["keyword_responses"] == {"correct": [3], "wrong": [0]}
+    assert out["keyword_presence"]["wait"] == {"correct": 1.0, "wrong": 0.0}
+    assert [b["bin"] for b in summarize(_samples(), bins="paper-a6")["difficulty_bins"]] == ["0-1", "2", "3", "4"]
 
 
 def test_summarize_rejects_k_above_n():
