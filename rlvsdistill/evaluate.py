@@ -120,7 +120,7 @@ def run_shard(cfg, generator=None) -> Path:
                     len(parts))
     if todo:
         sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_tokens, cfg.seed)
-        pool = GraderPool(workers=cfg.grade_workers)  # workers start while the model loads
+        pool = GraderPool(workers=cfg.grader_workers)  # workers start while the model loads
         generator = generator or make_generator(cfg.backend, cfg.model_name_or_path, cfg.model_revision,
                                                 cfg.tensor_parallel_size, cfg.vllm_max_model_length)
         tokenizer = getattr(generator, "tokenizer", None)

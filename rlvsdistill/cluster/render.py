@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -19,6 +20,7 @@ from pathlib import PurePosixPath
 import yaml
 
 from ..config import check_values, parse_overrides, read_yaml
+from ..grading import CPU_REQUEST_ENV
 from ..io import UserError
 from .settings import DNS_LABEL, QUANTITY, ClusterSettings
 
@@ -144,6 +146,8 @@ def _env(run: Run) -> list[dict]:
         {"name": "IMAGE_TAG", "value": run.image_tag},
         {"name": "HF_HOME", "value": HF_CACHE},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # The container's CPU request (whole CPUs, rounded up): grading.default_workers() sizes its pools by it.
+        {"name": CPU_REQUEST_ENV, "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}}},
     ]
     if run.settings.hf_token_secret:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": run.settings.hf_token_secret,
@@ -311,6 +315,23 @@ def generate_objects(run: Run) -> list[dict]:
     return [config_map(run), _job(run, run.name, template)]
 
 
+# The streaming eval-merge's memory (measured by tests/benchmarks/bench_scale.py): the interpreter with what the
+# CLI imports (torch, TRL, datasets: ~450 MiB), one ProblemStats per problem (~3 KiB), and one problem's n
+# responses held a few times over (raw line, parsed record, Sample). Rounded up, with headroom on each term.
+MERGE_BASE_MIB = 768
+MERGE_KIB_PER_PROBLEM = 16
+DATASET_PROBLEMS = {"math_train": 7500, "math500": 500}
+UNKNOWN_DATASET_PROBLEMS = 12_500  # a local file's size is unknown when rendering: all of MATH
+
+
+def merge_memory(cfg: dict) -> str:
+    """The merge pod's memory request and limit for an eval config: it grows with problems, not samples."""
+    problems = cfg.get("max_problems") or DATASET_PROBLEMS.get(cfg.get("dataset_name"), UNKNOWN_DATASET_PROBLEMS)
+    group_bytes = 4 * cfg.get("n", 1) * cfg.get("max_tokens", 1024) * 4  # ~4 bytes a token, held ~4 times
+    mib = MERGE_BASE_MIB + problems * MERGE_KIB_PER_PROBLEM / 1024 + group_bytes / 2**20
+    return f"{math.ceil(mib / 256) * 256}Mi"
+
+
 def eval_objects(run: Run) -> list[dict]:
     """An Indexed Job running one shard per pod, and a merge Job that waits for every shard's marker."""
     cfg, s = run.config, run.settings
@@ -320,8 +341,9 @@ def eval_objects(run: Run) -> list[dict]:
     shards_job = _job(run, run.name, shard_pod, completionMode="Indexed", completions=shards,
                       parallelism=min(s.eval_parallelism, shards), backoffLimitPerIndex=s.backoff_limit)
     del shards_job["spec"]["backoffLimit"]  # per index instead: a failing shard does not use up the others' retries
-    merge_pod = pod_template(run, [container(run, "merge", ["rlvsdistill", "eval-merge", "--config", CONFIG_FILE],
-                                             0)])
+    merge = container(run, "merge", ["rlvsdistill", "eval-merge", "--config", CONFIG_FILE], 0)
+    merge["resources"]["requests"]["memory"] = merge["resources"]["limits"]["memory"] = merge_memory(cfg)
+    merge_pod = pod_template(run, [merge])
     return [config_map(run), shards_job, _job(run, f"{run.name}-merge", merge_pod)]
 
 

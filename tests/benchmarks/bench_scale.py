@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlvsdistill.cluster.render import merge_memory  # noqa: E402
 from rlvsdistill.evaluate import SHARD_MANIFEST, shard_identity  # noqa: E402
 from rlvsdistill.io import UserError, read_jsonl, write_json, write_jsonl  # noqa: E402
 from rlvsdistill.metrics import (  # noqa: E402
@@ -265,8 +266,8 @@ def measure(command: list[str], limit_bytes: int | None = None) -> dict:
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": time.perf_counter() - start, "rc": proc.returncode, "rss": usage.ru_maxrss * 1024,
-            "stderr": stderr.decode(errors="replace")[-2000:]}
+    return {"seconds": time.perf_counter() - start, "cpu": usage.ru_utime + usage.ru_stime, "rc": proc.returncode,
+            "rss": usage.ru_maxrss * 1024, "stderr": stderr.decode(errors="replace")[-2000:]}
 
 
 def new_command(config: Path) -> list[str]:
@@ -280,7 +281,7 @@ def old_command(config: Path, out_dir: Path) -> list[str]:
 def _line(label: str, samples: int, m: dict) -> str:
     if m["rc"] != 0:
         return f"  {label}: FAILED rc={m['rc']} after {m['seconds']:.1f}s, peak RSS {m['rss'] / 2**20:.0f} MiB"
-    return (f"  {label}: {m['seconds']:7.1f}s  {samples / m['seconds']:9,.0f} samples/s  "
+    return (f"  {label}: {m['seconds']:7.1f}s wall ({m['cpu']:6.1f}s CPU)  {samples / m['seconds']:8,.0f} samples/s  "
             f"peak RSS {m['rss'] / 2**20:7,.0f} MiB")
 
 
@@ -300,6 +301,10 @@ def run_size(tmp: Path, problems: int, n: int, shards: int, with_old: bool) -> d
         print(_line("old merge", problems * n, out["old"]), flush=True)
     out["new"] = measure(new_command(config))
     print(_line("new merge", problems * n, out["new"]), flush=True)
+    limit = merge_memory({**values, "max_problems": problems})
+    fits = out["new"]["rss"] < int(limit.removesuffix("Mi")) * 2**20
+    print(f"  rendered merge pod memory limit for this run: {limit}; new merge fits: {fits}", flush=True)
+    out["fits"] = fits
     for which in ("old", "new"):
         if which in out and out[which]["rc"] != 0:
             print(out[which]["stderr"], file=sys.stderr)
@@ -307,7 +312,8 @@ def run_size(tmp: Path, problems: int, n: int, shards: int, with_old: bool) -> d
         old, new = out["old"], out["new"]
         same = (json.loads((root / "old" / SUMMARY_FILE).read_text())
                 == json.loads((root / "run" / SUMMARY_FILE).read_text()))
-        print(f"  new/old: time {new['seconds'] / old['seconds']:.2f}x, peak RSS {new['rss'] / old['rss']:.2f}x; "
+        print(f"  new/old: time {new['seconds'] / old['seconds']:.2f}x, CPU {new['cpu'] / old['cpu']:.2f}x, "
+              f"peak RSS {new['rss'] / old['rss']:.2f}x; "
               f"summary.json equal: {same}", flush=True)
         out["same"] = same
     for path in root.rglob("*.jsonl"):  # keep the disk free for the next size
@@ -341,7 +347,7 @@ def main() -> int:
                   f"{large[which]['rss'] / 2**20:,.0f} MiB at {large['samples']:,} "
                   f"({large[which]['rss'] / small[which]['rss']:.2f}x for {large['samples'] / small['samples']:.0f}x "
                   "the samples)")
-    ok = all(r["new"]["rc"] == 0 and r.get("same", True) for r in results)
+    ok = all(r["new"]["rc"] == 0 and r.get("same", True) and r["fits"] for r in results)
     return 0 if ok else 1
 
 
