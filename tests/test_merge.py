@@ -114,3 +114,18 @@ def test_parts_out_of_order_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"part-00001.jsonl:1: sample .* is out of problem order in its shard"):
         merge(cfg)
     assert _outputs(cfg) == []
+
+
+def test_resuming_a_shard_with_another_config_is_refused_before_any_work(tmp_path):
+    from dataclasses import replace
+
+    from rlvsdistill.evaluate import run_shard
+
+    cfg = synthetic(tmp_path, 16, 8, shards=2, part_size=2)
+    part = _shard(cfg, 0) / "part-00000.jsonl"
+    before = part.read_bytes()
+    (_shard(cfg, 0) / ".complete").unlink()  # as if killed midway
+    with pytest.raises(UserError, match=r"shard-00000-of-00002/shard.json: this shard comes from another run "
+                                        r"\(n: 8 there, 16 here; seed: 0 there, 5 here\)"):
+        run_shard(replace(cfg, n=16, seed=5, shard_index=0))  # fails before loading the (absent) model
+    assert part.read_bytes() == before and not (Path(cfg.output_dir) / "run_record.json").exists()
