@@ -65,6 +65,10 @@ bench-eval: $(VENV)/.installed ## evaluation pipeline overhead vs generate alone
 	$(PY) tests/benchmarks/bench_eval.py
 	$(PY) tests/benchmarks/bench_eval.py --extract free
 
+.PHONY: bench-scale
+bench-scale: $(VENV)/.installed ## streaming eval-merge vs the old in-memory one: time and peak RSS at two sizes
+	$(PY) tests/benchmarks/bench_scale.py $(BENCH_ARGS)
+
 .PHONY: image
 image: ## build the CUDA image, tagged with the git commit and the VERSION (needs Docker)
 	docker build -f images/Dockerfile --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg VERSION=$(VERSION) \

@@ -52,7 +52,9 @@ def _add_grade(sub) -> None:
                    "(counted separately); or math-verify's extraction over the whole response ('without format')")
     p.add_argument("--order", default="gold_first", choices=("gold_first", "pred_first"),
                    help="argument order of math-verify's verify(); pred_first is the paper's code (default: %(default)s)")
-    p.add_argument("--workers", type=int, help="grading processes (default: the CPUs available)")
+    p.add_argument("--workers", type=int,
+                   help="grading processes (default: $RLVSDISTILL_CPU_REQUEST, else the cgroup's CPU quota, else "
+                   "the CPUs available, divided by $LOCAL_WORLD_SIZE)")
     p.add_argument("--item-timeout", type=float, default=10.0, help="hard wall-clock bound per answer, seconds")
     p.add_argument("--k", type=_parse_ks, help="pass@k values, e.g. 1,8,64 (default: 1,2,4,...,n)")
     p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: paper-main)")

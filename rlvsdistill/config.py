@@ -27,6 +27,7 @@ from .io import UserError
 
 PROMPT_TEMPLATE_NAMES = (*PROMPT_TEMPLATES, "chat")
 REWARD_SCALES = ("plus_minus_one", "binary")
+GRADER_WORKERS_HELP = "grading processes per rank (default: the pod's CPU request / LOCAL_WORLD_SIZE)"
 
 
 @dataclass
@@ -64,6 +65,7 @@ class GRPOFields(ProjectFields):
     zero_reward_warn_steps: int = field(
         default=20, metadata={"help": "warn when no completion was correct for this many reward calls in a row"}
     )
+    grader_workers: int | None = field(default=None, metadata={"help": GRADER_WORKERS_HELP})
 
 
 @dataclass
@@ -146,7 +148,7 @@ class EvalConfig(SamplingFields, ProjectFields):
     part_size: int = field(default=8, metadata={"help": "problems per atomically written part (the resume unit)"})
     answer_extract: str = field(default="box", metadata={"help": "box (the paper's 'with format'), box+fallback, free"})
     ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
-    grade_workers: int | None = field(default=None, metadata={"help": "grading processes (default: CPUs)"})
+    grader_workers: int | None = field(default=None, metadata={"help": GRADER_WORKERS_HELP})
     merge_wait_seconds: int = field(
         default=0, metadata={"help": "eval-merge waits up to this long for every shard to finish (a merge Job)"}
     )
@@ -267,6 +269,10 @@ def check_values(kind: str, values: dict[str, Any], hardware: bool = True) -> li
     bf16 = values.get("bf16", True)  # TRL's configs default to bf16
     if hardware and kind in TRL_KINDS and bf16 and not _bf16_supported():
         problems.append("bf16: true, but this machine has no GPU with bf16 support (set bf16: false, use_cpu: true)")
+    workers = values.get("grader_workers")
+    if kind in ("grpo", "eval") and workers is not None and (type(workers) is not int or workers < 1):
+        problems.append(f"grader_workers: {workers!r} must be a positive integer, or unset for the pod's CPU "
+                        "request divided by its ranks")
     if kind == "grpo":
         problems += _check_grpo(values)
     if kind in ("generate", "eval"):

@@ -9,6 +9,7 @@ generate (vLLM or HF) -> grade on a background thread (worker processes) while t
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -18,8 +19,9 @@ from pathlib import Path
 from .data import Problem, format_prompt, load_problems
 from .generation import Completion, Sampling, make_generator
 from .grading import GraderPool
-from .io import UserError, read_jsonl, write_json, write_jsonl
+from .io import UserError, atomic_open, read_jsonl, read_jsonl_lines, write_json, write_jsonl
 from .paths import (
+    COMPLETE_MARKER,
     SAMPLES_FILE,
     SUMMARY_FILE,
     check_resume,
@@ -29,7 +31,7 @@ from .paths import (
     shard_dir,
     write_run_record,
 )
-from .metrics import summarize
+from .metrics import problem_stats, summarize_stats
 from .progress import Progress
 from .scoring import samples_from_records
 
@@ -68,6 +70,34 @@ def _records(part: list[Problem], completions: list[list[Completion]], verdicts)
     return rows
 
 
+SHARD_MANIFEST = "shard.json"
+# The config fields that decide a shard's samples: parts written under other values must not be mixed with them.
+SAMPLE_IDENTITY = ("model_name_or_path", "model_revision", "dataset_name", "dataset_split", "max_problems",
+                   "prompt_template", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "answer_extract",
+                   "num_shards", "part_size")
+
+
+def shard_identity(cfg, index: int) -> dict:
+    """What a shard's manifest records: its index and the config fields that decide its samples."""
+    return {"shard_index": index, **{k: getattr(cfg, k) for k in SAMPLE_IDENTITY}}
+
+
+def check_shard_manifest(cfg, shard: Path, index: int) -> None:
+    """Refuse a shard directory that another run (another model, seed, n, ...) started."""
+    path = shard / SHARD_MANIFEST
+    if not path.is_file():
+        raise UserError(f"{path}: missing; {shard} was not written by `rlvsdistill eval` of this version")
+    try:
+        recorded = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg})") from None
+    expected = shard_identity(cfg, index)
+    diff = [f"{k}: {recorded.get(k)!r} there, {v!r} here" for k, v in expected.items() if recorded.get(k) != v]
+    if diff:
+        raise UserError(f"{path}: this shard comes from another run ({'; '.join(diff)}); use another output_dir, "
+                        f"or remove {shard} to redo it")
+
+
 def run_shard(cfg, generator=None) -> Path:
     """Generate and grade this process's shard; returns the shard directory (marked complete)."""
     run_dir = resolve_output_dir(cfg.output_dir)
@@ -77,6 +107,10 @@ def run_shard(cfg, generator=None) -> Path:
     shard = shard_dir(run_dir, index, cfg.num_shards)
     check_resume(run_dir)  # every shard: parts of another config are never resumed
     shard.mkdir(parents=True, exist_ok=True)
+    if (shard / SHARD_MANIFEST).exists():
+        check_shard_manifest(cfg, shard, index)  # resuming: the finished parts must be this run's
+    else:
+        write_json(shard / SHARD_MANIFEST, shard_identity(cfg, index))
     if index == 0:
         write_run_record(run_dir, "eval", cfg)
     parts = [mine[i:i + cfg.part_size] for i in range(0, len(mine), cfg.part_size)]
@@ -86,7 +120,7 @@ def run_shard(cfg, generator=None) -> Path:
                     len(parts))
     if todo:
         sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_tokens, cfg.seed)
-        pool = GraderPool(workers=cfg.grade_workers)  # workers start while the model loads
+        pool = GraderPool(workers=cfg.grader_workers)  # workers start while the model loads
         generator = generator or make_generator(cfg.backend, cfg.model_name_or_path, cfg.model_revision,
                                                 cfg.tensor_parallel_size, cfg.vllm_max_model_length)
         tokenizer = getattr(generator, "tokenizer", None)
@@ -122,11 +156,12 @@ def run_shard(cfg, generator=None) -> Path:
     return shard
 
 
-def merge(cfg) -> dict:
-    """Combine every shard into samples.jsonl and summary.json; refuses missing, incomplete or duplicated shards."""
+RECORD_FIELDS = ("problem_id", "sample_index", "response", "verdict")
+
+
+def _wait_for_shards(cfg, run_dir: Path) -> None:
     from .cluster.jobwatch import wait_for_shards
 
-    run_dir = resolve_output_dir(cfg.output_dir)
     missing = wait_for_shards(run_dir, cfg.num_shards, cfg.merge_wait_seconds, poll_seconds=min(30.0, max(
         0.1, cfg.merge_wait_seconds)))
     if missing:
@@ -136,39 +171,103 @@ def merge(cfg) -> dict:
                     if p.name.startswith("shard-") and not p.name.endswith(f"-of-{cfg.num_shards:05d}"))
     if strays:
         raise UserError(f"{run_dir}/shards: {strays} belong to a run with a different num_shards; remove them")
+
+
+def _shard_stream(cfg, run_dir: Path, index: int, order: dict[str, int]):
+    """One shard's records in file order as (sort key, path, line number, raw line, record), each checked.
+
+    A shard holds problems index, index + S, ... in order and each problem's samples by index, so its stream
+    must rise strictly; a record that steps back is a duplicate (named with its first copy) or out of order.
+    """
+    paths = sorted(shard_dir(run_dir, index, cfg.num_shards).glob("part-*.jsonl"))
+    prev = None
+    for path in paths:
+        for lineno, line, rec in read_jsonl_lines(path, required=RECORD_FIELDS):
+            pid, sample = rec["problem_id"], rec["sample_index"]
+            if pid not in order:
+                raise UserError(f"{path}:{lineno}: problem {pid!r} is not in {cfg.dataset_name}")
+            if not isinstance(sample, int) or not 0 <= sample < cfg.n:
+                raise UserError(f"{path}:{lineno}: sample_index {sample!r} is outside 0..{cfg.n - 1} (n)")
+            if order[pid] % cfg.num_shards != index:
+                raise UserError(f"{path}:{lineno}: problem {pid!r} belongs to shard {order[pid] % cfg.num_shards}, "
+                                f"not {index}: this part comes from another run")
+            key = (order[pid], sample)
+            if prev is not None and key <= prev:
+                first = _first_location(paths, key, order, (path, lineno))
+                if first:
+                    raise UserError(f"{path}:{lineno}: sample {(pid, sample)} duplicates {first}")
+                raise UserError(f"{path}:{lineno}: sample {(pid, sample)} is out of problem order in its shard "
+                                "(parts written by runs with a different part_size or problem set?)")
+            prev = key
+            yield key, path, lineno, line, rec
+
+
+def _first_location(paths: list[Path], key: tuple[int, int], order: dict[str, int], before: tuple) -> str | None:
+    """Where a sample first occurs in a shard's parts (rescanned on the error path only: nothing is kept)."""
+    for path in paths:
+        for lineno, rec in read_jsonl(path):
+            if (path, lineno) == before:
+                return None
+            if (order.get(rec.get("problem_id")), rec.get("sample_index")) == key:
+                return f"{path.name}:{lineno}"
+    return None
+
+
+def _grouped_by_problem(stream):
+    """Consecutive records of one problem as lists (each at most n long): (problem id, [(path, line, raw, rec)])."""
+    group, current = [], None
+    for key, path, lineno, line, rec in stream:
+        if group and key[0] != current:
+            yield group[0][3]["problem_id"], group
+            group = []
+        current = key[0]
+        group.append((path, lineno, line, rec))
+    if group:
+        yield group[0][3]["problem_id"], group
+
+
+def merge(cfg) -> dict:
+    """Combine every shard into samples.jsonl and summary.json; refuses missing, incomplete or duplicated shards.
+
+    Streams: a k-way merge of the shards' parts (each already in problem order) is written straight to
+    samples.jsonl, one problem at a time, keeping only that problem's ``problem_stats``. Memory grows with the
+    number of problems, not samples. Any error leaves no samples.jsonl / summary.json behind.
+    """
+    run_dir = resolve_output_dir(cfg.output_dir)
+    _wait_for_shards(cfg, run_dir)
+    for index in range(cfg.num_shards):
+        check_shard_manifest(cfg, shard_dir(run_dir, index, cfg.num_shards), index)
     problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
     order = {p.id: i for i, p in enumerate(problems)}
-    records, seen = [], {}
-    for index in range(cfg.num_shards):
-        for path in sorted(shard_dir(run_dir, index, cfg.num_shards).glob("part-*.jsonl")):
-            for lineno, rec in read_jsonl(path, required=("problem_id", "sample_index", "response", "verdict")):
-                key = (rec["problem_id"], rec["sample_index"])
-                if key in seen:
-                    raise UserError(f"{path}:{lineno}: sample {key} duplicates {seen[key]}")
-                if rec["problem_id"] not in order:
-                    raise UserError(f"{path}:{lineno}: problem {rec['problem_id']!r} is not in {cfg.dataset_name}")
-                seen[key] = f"{path.name}:{lineno}"
-                records.append(rec)
-    counts: dict[str, int] = {}
-    for rec in records:
-        counts[rec["problem_id"]] = counts.get(rec["problem_id"], 0) + 1
-    short = {pid: counts.get(pid, 0) for pid in order if counts.get(pid, 0) != cfg.n}
-    if short:
-        some = dict(list(short.items())[:5])
-        raise UserError(f"{run_dir}: {len(short)} problem(s) do not have n = {cfg.n} samples, e.g. {some}")
-    records.sort(key=lambda r: (order[r["problem_id"]], r["sample_index"]))
-    try:
-        summary = summarize(samples_from_records(records), ks=cfg.ks)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    streams = [_shard_stream(cfg, run_dir, i, order) for i in range(cfg.num_shards)]
+    counts, stats, short_at = [0] * len(problems), [], ""
+    (run_dir / COMPLETE_MARKER).unlink(missing_ok=True)  # a re-merge is complete again only when it finishes
+    progress = Progress("merge", len(problems), scale=cfg.n, unit="samples", every=30.0)
+    with atomic_open(run_dir / SAMPLES_FILE, "wb") as out:
+        for pid, group in _grouped_by_problem(heapq.merge(*streams, key=lambda item: item[0])):
+            last_path, last_line = group[-1][0], group[-1][1]
+            out.write(b"".join(line if line.endswith(b"\n") else line + b"\n" for _, _, line, _ in group))
+            counts[order[pid]] = len(group)
+            if len(group) != cfg.n and not short_at:
+                short_at = f" ({pid!r} ends at {last_path}:{last_line}: a truncated part?)"
+            stats.append(problem_stats(samples_from_records([g[3] for g in group])))
+            progress.update(1)
+        progress.close()
+        short = {p.id: counts[i] for i, p in enumerate(problems) if counts[i] != cfg.n}
+        if short:
+            some = dict(list(short.items())[:5])
+            raise UserError(f"{run_dir}: {len(short)} problem(s) do not have n = {cfg.n} samples, e.g. {some}{short_at}")
+        try:
+            summary = summarize_stats(stats, ks=cfg.ks)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     summary["run"] = {"model": cfg.model_name_or_path, "dataset": cfg.dataset_name, "n": cfg.n,
                       "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                       "max_tokens": cfg.max_tokens, "seed": cfg.seed, "prompt_template": cfg.prompt_template,
                       "answer_extract": cfg.answer_extract}
-    write_jsonl(run_dir / SAMPLES_FILE, records)
     write_json(run_dir / SUMMARY_FILE, summary)
     mark_complete(run_dir)
-    logger.info("merged %d samples of %d problems into %s", len(records), len(order), run_dir)
+    logger.info("merged %d samples of %d problems into %s", sum(counts), len(order), run_dir)
     return summary
 
 

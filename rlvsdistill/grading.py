@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import enum
 import logging
+import math
 import multiprocessing
 import os
 import re
@@ -21,7 +22,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from multiprocessing.connection import Connection, wait
+from pathlib import Path
 from typing import Literal
+
+from .io import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -296,12 +300,58 @@ def _worker_main(conn: Connection, settings: GraderSettings) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def default_workers() -> int:
-    """Worker processes sized to the CPUs this process may use."""
+CPU_REQUEST_ENV = "RLVSDISTILL_CPU_REQUEST"  # the container's CPU request, from the Downward API (render.py)
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup's CFS quota (v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``), None when unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        try:
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            return None if quota <= 0 else quota / int((v1 / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def pod_cpus() -> int:
+    """The CPUs this container may use: its CPU request (``$RLVSDISTILL_CPU_REQUEST``, set from the Downward API),
+    else its cgroup CPU quota, else the CPUs it may be scheduled on.
+
+    A pod with a CPU request and no limit sees every CPU of its node; sizing by those would start hundreds of
+    workers on a big GPU node.
+    """
+    raw = os.environ.get(CPU_REQUEST_ENV, "").strip()
+    if raw:
+        try:
+            request = float(raw)
+        except ValueError:
+            raise UserError(f"${CPU_REQUEST_ENV}={raw!r} is not a number of CPUs") from None
+        if request > 0:  # 0: no request set
+            return max(1, math.ceil(request))
+    quota = _cgroup_cpu_quota(CGROUP_ROOT)
+    if quota:
+        return max(1, math.ceil(quota))
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """Worker processes per process: ``pod_cpus()`` shared by the container's ranks ($LOCAL_WORLD_SIZE), at least 1."""
+    raw = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        ranks = max(1, int(raw))
+    except ValueError:
+        raise UserError(f"$LOCAL_WORLD_SIZE={raw!r} is not an integer") from None
+    return max(1, pod_cpus() // ranks)
 
 
 @dataclass
@@ -328,6 +378,8 @@ class GraderPool:
         settings: GraderSettings | None = None,
         chunk_size: int = 32,
     ):
+        if workers is not None and workers < 1:
+            raise UserError(f"grader workers: {workers} must be at least 1 (unset: the pod's CPUs per rank)")
         self.n_workers = workers or default_workers()
         self.item_timeout = item_timeout
         self.settings = settings or GraderSettings()
@@ -490,11 +542,12 @@ class GraderPool:
 _shared_pool: GraderPool | None = None
 
 
-def shared_pool() -> GraderPool:
-    """A process-wide pool, started on first use and closed at exit (for rewards called every training step)."""
+def shared_pool(workers: int | None = None) -> GraderPool:
+    """A process-wide pool (one per training rank), started on first use with ``workers`` (default:
+    ``default_workers()``), then reused; closed at exit. For rewards called every training step."""
     global _shared_pool
     if _shared_pool is None:
-        _shared_pool = GraderPool()
+        _shared_pool = GraderPool(workers=workers)
         atexit.register(_shared_pool.close)
     return _shared_pool
 

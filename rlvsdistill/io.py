@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
+
 
 class UserError(Exception):
     """Bad input or configuration: the CLI prints the message (which names the file, line or key) and exits 2."""
@@ -16,24 +18,30 @@ class UserError(Exception):
 
 def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; raise UserError naming file:line on bad input."""
+    for lineno, _, obj in read_jsonl_lines(path, required):
+        yield lineno, obj
+
+
+def read_jsonl_lines(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterator[tuple[int, bytes, dict]]:
+    """Like ``read_jsonl``, with each line's raw bytes (newline included) beside its object, for copying."""
     required = tuple(required)
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
             if not isinstance(obj, dict):
                 raise UserError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             missing = [k for k in required if k not in obj]
             if missing:
                 raise UserError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
-            yield lineno, obj
+            yield lineno, line, obj
 
 
 @contextmanager

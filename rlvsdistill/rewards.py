@@ -25,18 +25,19 @@ def _text(completion) -> str:
 
 
 def accuracy_reward(scale: str = "plus_minus_one", extract: str = "box", warn_after: int = 20,
-                    pool: GraderPool | None = None) -> RewardFn:
+                    pool: GraderPool | None = None, workers: int | None = None) -> RewardFn:
     """+1/-1 (the paper) or 1/0 for a correct/incorrect final answer, graded in worker processes.
 
     Logs the fraction of each verdict per call through TRL's ``log_metric``, and warns loudly when no completion
     was correct for ``warn_after`` calls in a row (a broken prompt, template or grader looks exactly like that).
+    Without ``pool``, grades on this rank's ``shared_pool(workers)``.
     """
     correct_value, wrong_value = (1.0, -1.0) if scale == "plus_minus_one" else (1.0, 0.0)
     streak = 0
 
     def accuracy(completions, answer, log_metric=None, **_) -> list[float | None]:
         nonlocal streak
-        verdicts = (pool or shared_pool()).grade(list(answer), [_text(c) for c in completions], mode=extract)
+        verdicts = (pool or shared_pool(workers)).grade(list(answer), [_text(c) for c in completions], mode=extract)
         if log_metric is not None:
             for status, count in count_statuses(verdicts).items():
                 log_metric(f"verdicts/{status}", count / len(verdicts))
@@ -75,7 +76,8 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {"accuracy": accuracy_reward, "for
 
 def build_rewards(cfg) -> tuple[list[RewardFn], list[float]]:
     """The reward functions and weights a GRPO config asks for."""
-    funcs = [REWARDS["accuracy"](cfg.reward_scale, cfg.answer_extract, cfg.zero_reward_warn_steps)]
+    funcs = [REWARDS["accuracy"](cfg.reward_scale, cfg.answer_extract, cfg.zero_reward_warn_steps,
+                                 workers=cfg.grader_workers)]
     weights = [1.0]
     if cfg.format_reward_weight:
         funcs.append(REWARDS["format"](cfg.prompt_template))

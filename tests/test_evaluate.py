@@ -91,6 +91,11 @@ def test_summary_equals_the_metric_functions_on_the_records(unsharded):
     recs = records(unsharded)
     recomputed = summarize(samples_from_records(recs))
     assert {k: v for k, v in summary.items() if k != "run"} == json.loads(json.dumps(recomputed))
+    sys.path.insert(0, str(ROOT / "tests" / "benchmarks"))
+    from bench_scale import old_summarize  # the in-memory summary from before the streaming merge
+
+    before = json.loads(json.dumps(old_summarize(samples_from_records(recs))))
+    assert all(summary[k] == v for k, v in before.items()) and summary.keys() - before.keys() == {"run"}
     assert len(recs) == 24 * 4 and [r["sample_index"] for r in recs[:4]] == [0, 1, 2, 3]
     counts = summary["correct_counts"]
     assert 0 < summary["accuracy"] < 1  # the teacher is right often, not always: the metrics are not trivial

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -21,6 +22,7 @@ from pathlib import PurePosixPath
 import yaml
 
 from ..config import check_values, parse_overrides, read_yaml
+from ..grading import CPU_REQUEST_ENV
 from ..io import UserError
 from ..paths import CONFIG_HASH_ENV, RESUME_ANYWAY_ENV
 from .jobwatch import SERVICEACCOUNT_DIR, SHARDS_JOB_ENV
@@ -177,6 +179,8 @@ def _env(run: Run, secrets: tuple[str, ...]) -> list[dict]:
         # unreadable line; our own progress logs a line every few seconds when there is no terminal.
         {"name": "TQDM_DISABLE", "value": "1"},
         {"name": "HF_HUB_DISABLE_PROGRESS_BARS", "value": "1"},
+        # The container's CPU request (whole CPUs, rounded up): grading.default_workers() sizes its pools by it.
+        {"name": CPU_REQUEST_ENV, "valueFrom": {"resourceFieldRef": {"resource": "requests.cpu", "divisor": "1"}}},
     ]
     if run.resume_anyway:
         env.append({"name": RESUME_ANYWAY_ENV, "value": "1"})
@@ -388,6 +392,7 @@ def _merge_pod(run: Run) -> dict:
     """The merge: CPU only, no secrets, and the one pod with an API token (projected, read-only, 1 h, renewed by
     the kubelet) of a service account that may read Jobs (k8s/rbac.yaml), to follow the shards Job."""
     merge = container(run, "merge", ["rlvsdistill", "eval-merge", "--config", CONFIG_FILE], 0, secrets=())
+    merge["resources"]["requests"]["memory"] = merge["resources"]["limits"]["memory"] = merge_memory(run.config)
     merge["env"] += [{"name": SHARDS_JOB_ENV, "value": run.name}]
     merge["volumeMounts"].append({"name": "api-token", "mountPath": SERVICEACCOUNT_DIR, "readOnly": True})
     pod = pod_template(run, [merge])
@@ -398,6 +403,23 @@ def _merge_pod(run: Run) -> dict:
         {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
     ]}})
     return pod
+
+
+# The streaming eval-merge's memory (measured by tests/benchmarks/bench_scale.py): the interpreter with what the
+# CLI imports (torch, TRL, datasets: ~450 MiB), one ProblemStats per problem (~3 KiB), and one problem's n
+# responses held a few times over (raw line, parsed record, Sample). Rounded up, with headroom on each term.
+MERGE_BASE_MIB = 768
+MERGE_KIB_PER_PROBLEM = 16
+DATASET_PROBLEMS = {"math_train": 7500, "math500": 500}
+UNKNOWN_DATASET_PROBLEMS = 12_500  # a local file's size is unknown when rendering: all of MATH
+
+
+def merge_memory(cfg: dict) -> str:
+    """The merge pod's memory request and limit for an eval config: it grows with problems, not samples."""
+    problems = cfg.get("max_problems") or DATASET_PROBLEMS.get(cfg.get("dataset_name"), UNKNOWN_DATASET_PROBLEMS)
+    group_bytes = 4 * cfg.get("n", 1) * cfg.get("max_tokens", 1024) * 4  # ~4 bytes a token, held ~4 times
+    mib = MERGE_BASE_MIB + problems * MERGE_KIB_PER_PROBLEM / 1024 + group_bytes / 2**20
+    return f"{math.ceil(mib / 256) * 256}Mi"
 
 
 def eval_objects(run: Run) -> list[dict]:
