@@ -230,8 +230,8 @@ class ProblemStats:
     """One problem's aggregates over its n samples: all that ``summarize_stats`` needs, O(keywords) in size.
 
     ``lengths`` maps a length unit ("chars", "tokens" when every sample has a token count, or "custom") to the
-    sums of the lengths of the (correct, wrong) samples; ``keywords_correct``/``keywords_wrong`` sum
-    ``keyword_counts`` over the correct / wrong samples.
+    sums of the lengths of the (correct, wrong) samples; ``keyword_occurrences``/``keyword_responses`` sum
+    ``keyword_counts`` (and its presence) over the correct and the wrong samples.
     """
 
     problem_id: str
@@ -244,14 +244,13 @@ class ProblemStats:
     sources: Counter  # answer source ("none" without one) -> samples
     correct_sources: Counter  # answer source -> correct samples
     lengths: dict[str, tuple[float, float]]
-    keywords_correct: Counter
-    keywords_wrong: Counter
-    keyword_responses_correct: Counter  # keyword -> correct samples that contain it
-    keyword_responses_wrong: Counter
+    # Aligned with the keywords: (correct, wrong) tuples of total occurrences and of responses containing it.
+    keyword_occurrences: tuple[tuple[int, ...], tuple[int, ...]]
+    keyword_responses: tuple[tuple[int, ...], tuple[int, ...]]
     level: str | None = None
     subject: str | None = None
 
-    def block(self, unit: str, keywords: Sequence[str]) -> dict:
+    def block(self, unit: str) -> dict:
         """The problem's block in ``summary.json``'s ``per_problem``; the report joins these blocks across runs on
         the problem id to stratify by the base model's bins (``pool_problem_stats`` folds them).
 
@@ -263,10 +262,8 @@ class ProblemStats:
         return {
             "n": self.n, "correct": self.correct, "majority_correct": self.majority_correct,
             "answer_entropy_nats": self.entropy, "length_sum": dict(zip(("correct", "wrong"), self.lengths[unit])),
-            "keyword_occurrences": {"correct": [self.keywords_correct[k] for k in keywords],
-                                    "wrong": [self.keywords_wrong[k] for k in keywords]},
-            "keyword_responses": {"correct": [self.keyword_responses_correct[k] for k in keywords],
-                                  "wrong": [self.keyword_responses_wrong[k] for k in keywords]},
+            "keyword_occurrences": dict(zip(("correct", "wrong"), map(list, self.keyword_occurrences))),
+            "keyword_responses": dict(zip(("correct", "wrong"), map(list, self.keyword_responses))),
         }
 
 
@@ -289,12 +286,12 @@ def problem_stats(
         unit: (sum(f(s) for s in samples if s.correct), sum(f(s) for s in samples if not s.correct))
         for unit, f in units.items()
     }
-    occurrences = {side: Counter({kw: 0 for kw in keywords}) for side in (True, False)}
-    responses = {side: Counter({kw: 0 for kw in keywords}) for side in (True, False)}
+    occurrences = {side: [0] * len(keywords) for side in (True, False)}
+    responses = {side: [0] * len(keywords) for side in (True, False)}
     for s in samples:
-        counts = keyword_counts(s.response, keywords)
-        occurrences[s.correct].update(counts)
-        responses[s.correct].update({kw for kw, c in counts.items() if c})
+        for i, count in enumerate(keyword_counts(s.response, keywords).values()):
+            occurrences[s.correct][i] += count
+            responses[s.correct][i] += count > 0
     first = samples[0]
     return ProblemStats(
         problem_id=first.problem_id,
@@ -307,10 +304,8 @@ def problem_stats(
         sources=Counter(s.source or "none" for s in samples),
         correct_sources=Counter(s.source for s in samples if s.correct),
         lengths=lengths,
-        keywords_correct=occurrences[True],
-        keywords_wrong=occurrences[False],
-        keyword_responses_correct=responses[True],
-        keyword_responses_wrong=responses[False],
+        keyword_occurrences=(tuple(occurrences[True]), tuple(occurrences[False])),
+        keyword_responses=(tuple(responses[True]), tuple(responses[False])),
         level=first.level,
         subject=first.subject,
     )
@@ -449,7 +444,7 @@ def summarize_stats(
         "mean_correct": _ratio(total_correct, n_correct),
         "mean_wrong": _ratio(total_wrong, n_samples - n_correct),
     }
-    per_problem = {p.problem_id: p.block(unit, keywords) for p in stats}
+    per_problem = {p.problem_id: p.block(unit) for p in stats}
     pooled = pool_problem_stats(per_problem.values(), keywords)
     summary["keywords"] = list(keywords)
     summary["keywords_per_response"] = pooled["keywords_per_response"]

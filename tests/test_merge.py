@@ -58,9 +58,10 @@ def test_merge_memory_grows_with_the_problems_not_the_samples(tmp_path):
     old_growth = (_peak_merge_bytes(large, lambda c: old_merge(c, tmp_path / "o2"))
                   - _peak_merge_bytes(small, lambda c: old_merge(c, tmp_path / "o1"))) / added
     new_growth = (_peak_merge_bytes(large, merge) - _peak_merge_bytes(small, merge)) / added
-    # The new merge keeps one problem's aggregates (~2-3 KB, i.e. ~80 bytes per sample at n = 32, and ~10 bytes
-    # at the paper's n = 256); the old one kept every record (a whole response each).
-    assert new_growth < 150 and old_growth > 10 * new_growth, (new_growth, old_growth)
+    # The new merge keeps one problem's aggregates and its per_problem block of summary.json (~5 KB with the 27
+    # Table 5 keywords, i.e. ~150 bytes per sample at n = 32, and ~20 bytes at the paper's n = 256); the old one
+    # kept every record (a whole response each).
+    assert new_growth < 250 and old_growth > 10 * new_growth, (new_growth, old_growth)
 
 
 def _outputs(cfg):

@@ -208,7 +208,7 @@ def test_problem_stats_and_pooling():
         Sample("p", True, "correct", "1", "box", "look: 1"),  # 7 chars, no keyword ("look" is not "ok")
         Sample("p", False, "wrong", "2", "box", "wait 2"),  # 6 chars
     ]
-    stats = problem_stats(samples, kws, lambda s: len(s.response)).block("custom", kws)
+    stats = problem_stats(samples, kws, lambda s: len(s.response)).block("custom")
     assert stats == {
         "n": 3, "correct": 2, "majority_correct": True, "answer_entropy_nats": pytest.approx(
             -(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3)),
@@ -217,7 +217,7 @@ def test_problem_stats_and_pooling():
         "keyword_responses": {"correct": [1, 1], "wrong": [1, 0]},
     }
     other = problem_stats([Sample("q", False, "no_answer", None, None, "ok ok")], kws,
-                          lambda s: len(s.response)).block("custom", kws)
+                          lambda s: len(s.response)).block("custom")
     pooled = pool_problem_stats([stats, other], kws)
     assert pooled["problems"] == 2 and pooled["accuracy"] == pytest.approx((2 / 3 + 0) / 2) and pooled["maj"] == 0.5
     assert pooled["mean_length"] == {"correct": 11.0, "wrong": (6 + 5) / 2}

@@ -190,13 +190,21 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
     summary["length"] = {"mean": _old_mean(length_of(s) for s in samples),
                          "mean_correct": _old_mean(length_of(s) for s in samples if s.correct),
                          "mean_wrong": _old_mean(length_of(s) for s in samples if not s.correct)}
-    kw_correct, kw_wrong = Counter(), Counter()
+    counts = [keyword_counts(s.response, keywords) for s in samples]  # every response's, all in memory
     n_correct = sum(s.correct for s in samples)
-    for s in samples:
-        (kw_correct if s.correct else kw_wrong).update(keyword_counts(s.response, keywords))
+    n_wrong = len(samples) - n_correct
+
+    def per_response(total, count):
+        return total / count if count else None
+
+    summary["keywords"] = list(keywords)
     summary["keywords_per_response"] = {
-        kw: {"correct": kw_correct[kw] / n_correct if n_correct else None,
-             "wrong": kw_wrong[kw] / (len(samples) - n_correct) if len(samples) > n_correct else None}
+        kw: {"correct": per_response(sum(c[kw] for s, c in zip(samples, counts) if s.correct), n_correct),
+             "wrong": per_response(sum(c[kw] for s, c in zip(samples, counts) if not s.correct), n_wrong)}
+        for kw in keywords}
+    summary["keyword_presence"] = {
+        kw: {"correct": per_response(sum(c[kw] > 0 for s, c in zip(samples, counts) if s.correct), n_correct),
+             "wrong": per_response(sum(c[kw] > 0 for s, c in zip(samples, counts) if not s.correct), n_wrong)}
         for kw in keywords}
     for field in ("level", "subject"):
         values = sorted({str(getattr(g[0], field)) for g in groups.values() if getattr(g[0], field) is not None})
@@ -205,6 +213,20 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
                 v: _old_capability_block({p: g for p, g in groups.items() if str(getattr(g[0], field)) == v}, ks)
                 for v in values}
     summary["correct_counts"] = dict(sorted(correct_counts.items()))
+    per_problem = {}
+    for pid, g in groups.items():
+        sides = {"correct": [s for s in g if s.correct], "wrong": [s for s in g if not s.correct]}
+        per_problem[pid] = {
+            "n": len(g), "correct": correct_counts[pid],
+            "majority_correct": majority_correct([x.key for x in g], [x.correct for x in g]),
+            "answer_entropy_nats": answer_entropy([x.key for x in g], [x.correct for x in g]),
+            "length_sum": {side: sum(length_of(s) for s in members) for side, members in sides.items()},
+            "keyword_occurrences": {side: [sum(keyword_counts(s.response, keywords)[kw] for s in members)
+                                           for kw in keywords] for side, members in sides.items()},
+            "keyword_responses": {side: [sum(keyword_counts(s.response, keywords)[kw] > 0 for s in members)
+                                         for kw in keywords] for side, members in sides.items()},
+        }
+    summary["per_problem"] = per_problem
     return summary
 
 
