@@ -10,12 +10,16 @@ TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-# Cluster: `make submit-grpo IMAGE_TAG=... [CONFIG=...] [CLUSTER=...] [NAMESPACE=...]`
+# Cluster: `make submit-grpo REGISTRY=host/path [IMAGE_TAG=...] [CONFIG=...] [CLUSTER=...] [NAMESPACE=...]`,
+# or IMAGE_REF=host/path/rlvsdistill@sha256:... instead of REGISTRY + IMAGE_TAG; LOCAL_IMAGE=1 for an image that is
+# already on the nodes (kind/minikube) and needs no registry.
 VERSION := $(shell grep -m1 '^version' pyproject.toml | cut -d'"' -f2)
 GIT_SHA := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 REGISTRY ?=
 IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/)rlvsdistill
 IMAGE_TAG ?= $(GIT_SHA)
+IMAGE_REF ?=
+LOCAL_IMAGE ?=
 CLUSTER ?= configs/cluster/single-node.yaml
 NAMESPACE ?=
 GRPO_CONFIG ?= configs/paper/grpo_qwen2.5_math_1.5b.yaml
@@ -26,7 +30,11 @@ RUN ?=
 CRD ?= $(wildcard ../shared/k8s/crds/kubeflow.org_pytorchjobs.yaml)
 RLV := $(VENV)/bin/rlvsdistill
 CLUSTER_ARGS = --cluster $(CLUSTER) $(if $(NAMESPACE),--namespace $(NAMESPACE))
-SUBMIT = $(RLV) submit $(1) --config $(or $(CONFIG),$(2)) --image-tag $(IMAGE_TAG) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD))
+# IMAGE_TAG goes along with IMAGE_REF only when the user set it, so that the pair is refused rather than one ignored.
+IMAGE_ARGS = $(if $(IMAGE_REF),--image '$(IMAGE_REF)') $(if $(REGISTRY),--registry '$(REGISTRY)') \
+  $(if $(or $(if $(IMAGE_REF),,default),$(filter-out file,$(origin IMAGE_TAG))),--image-tag '$(IMAGE_TAG)') \
+  $(if $(LOCAL_IMAGE),--local-image)
+SUBMIT = $(RLV) submit $(1) $(if $(2),--config $(or $(CONFIG),$(2))) $(IMAGE_ARGS) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD))
 
 .DEFAULT_GOAL := help
 

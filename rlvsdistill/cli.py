@@ -161,7 +161,13 @@ def _add_cluster_commands(sub) -> None:
                        "--dry-run).")
     p.add_argument("kind", choices=("grpo", "sft", "generate", "eval"))
     p.add_argument("--config", required=True, help="job config YAML (configs/paper/, configs/cpu/, ...)")
-    p.add_argument("--image-tag", help="tag of the rlvsdistill image to run (required)")
+    p.add_argument("--image", help="the image as one reference, REGISTRY/PATH[:TAG|@sha256:DIGEST] (a digest is "
+                   "pulled IfNotPresent and recorded in an annotation; a tag is pulled Always)")
+    p.add_argument("--registry", help="registry and path the image was pushed to (e.g. registry.example.org/team); "
+                   "the image is REGISTRY/<image_repository>:<--image-tag>")
+    p.add_argument("--image-tag", help="tag of the image (with --registry, or an image_repository naming one)")
+    p.add_argument("--local-image", action="store_true", help="the image is already on every node (kind/minikube "
+                   "load): no registry needed, never pulled")
     p.add_argument("--name", help="run name (default: from the kind and the config file name)")
     p.add_argument("--dry-run", action="store_true", help="print the YAML and send nothing")
     p.add_argument("--replace", action="store_true", help="delete a run of the same name first")
@@ -195,8 +201,12 @@ def _run_submit(args) -> int:
     from .cluster.render import prepare_run, render_objects, to_yaml
     from .cluster.validate import CRD_ENV, crd_schema_from_file, validate_objects
 
+    from .cluster.image import image_from_options
+
     settings = _settings(args)
-    run = prepare_run(args.kind, args.config, args.overrides, settings, args.image_tag, args.name, args.cluster)
+    image = image_from_options(settings.image_repository, args.image, args.image_tag, args.registry,
+                               args.local_image)
+    run = prepare_run(args.kind, args.config, args.overrides, settings, image, args.name, args.cluster)
     crd_path = args.crd or os.environ.get(CRD_ENV)
     schema = crd_schema_from_file(crd_path) if crd_path else None
     if args.dry_run:

@@ -20,15 +20,17 @@ import yaml
 
 from ..config import check_values, parse_overrides, read_yaml
 from ..io import UserError
+from .image import ImageRef, parse_image
 from .settings import DNS_LABEL, QUANTITY, ClusterSettings
 
 KINDS = ("grpo", "sft", "generate", "eval")
 CONFIG_DIR = "/etc/rlvsdistill"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 ACCELERATE_ZERO3 = "/app/configs/accelerate/zero3.yaml"  # inside the image
+DEEPSPEED_ZERO3 = "/app/configs/deepspeed/zero3.json"  # absolute: the accelerate config names it relative to /app
+WORKDIR = "/tmp"  # writable for uid 1000 (/app is read-only): launchers and libraries write into the cwd
 HF_CACHE = "/cache/huggingface"
 RUN_LABEL = "rlvsdistill.io/run"
-DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
 NAME_MAX = 52  # room for the "-config" / "-merge" suffixes and an indexed pod's "-NNN-xxxxx"
 
 
@@ -41,15 +43,19 @@ class Run:
     config_path: str
     config: dict  # the job config after overrides and the cluster's own keys
     settings: ClusterSettings
-    image: str
-    image_tag: str
+    image: ImageRef
     cluster_path: str | None = None  # where the settings came from (for the manifest header only)
 
     @property
     def config_hash(self) -> str:
         """12 hex digits over the config, the cluster settings and the image: the run's identity."""
-        blob = json.dumps([self.kind, self.config, dataclasses.asdict(self.settings), self.image], sort_keys=True)
+        blob = json.dumps([self.kind, self.config, dataclasses.asdict(self.settings), str(self.image)],
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def image_tag(self) -> str | None:
+        return self.image.tag
 
 
 def default_name(kind: str, config_path: str) -> str:
@@ -65,18 +71,20 @@ def _in_volume(path: str, settings: ClusterSettings) -> bool:
 
 
 def prepare_run(kind: str, config_path: str, overrides: list[str], settings: ClusterSettings,
-                image_tag: str | None, name: str | None = None, cluster_path: str | None = None) -> Run:
-    """Check the job config, the name and the image tag; return the Run (UserError lists every problem)."""
+                image: ImageRef | str, name: str | None = None, cluster_path: str | None = None) -> Run:
+    """Check the job config, the name and the image (an ImageRef, or a reference that must name its registry);
+    return the Run (UserError lists every problem)."""
     problems = []
     if kind not in KINDS:
         raise UserError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
     values = read_yaml(config_path)
     values.update(parse_overrides(overrides))
     problems += [f"{config_path}: {p}" for p in check_values(kind, values, hardware=False)]
-    if not image_tag:
-        problems.append("--image-tag: required (every run names the image it runs; see `make image`)")
-    elif not DOCKER_TAG.fullmatch(image_tag):
-        problems.append(f"--image-tag: {image_tag!r} is not a valid image tag of at most 63 characters")
+    if isinstance(image, str):
+        try:
+            image = parse_image(image)
+        except UserError as exc:
+            problems.append(str(exc))
     name = name or default_name(kind, config_path)
     if len(name) > NAME_MAX or not DNS_LABEL.fullmatch(name):
         problems.append(f"--name: {name!r} is not a valid run name (lower case letters, digits and '-', "
@@ -87,6 +95,10 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
                         " the results would vanish with the pod")
     if kind == "grpo":
         problems += _grpo_cluster_problems(values, settings, config_path)
+    report_to = values.get("report_to") or []
+    if "wandb" in ([report_to] if isinstance(report_to, str) else report_to) and not settings.wandb_secret:
+        problems.append(f"{config_path}: report_to: wandb, but the cluster settings name no wandb_secret (a Secret "
+                        "with key api-key); set one, or report_to: tensorboard (event files under output_dir)")
     if problems:
         raise UserError(f"cannot render {kind} run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     if kind == "grpo" and settings.vllm_gpus:
@@ -95,8 +107,7 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
                       vllm_server_port=settings.vllm_port)
     if kind == "eval":
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
-    return Run(kind, name, config_path, values, settings, f"{settings.image_repository}:{image_tag}", image_tag,
-               cluster_path)
+    return Run(kind, name, config_path, values, settings, image, cluster_path)
 
 
 def _grpo_cluster_problems(values: dict, settings: ClusterSettings, where: str) -> list[str]:
@@ -126,31 +137,42 @@ def labels(run: Run) -> dict[str, str]:
         "app.kubernetes.io/component": run.kind,
         RUN_LABEL: run.name,
         "rlvsdistill.io/config-hash": run.config_hash,
-        "rlvsdistill.io/image-tag": run.image_tag,
     }
+    if run.image_tag:
+        out["rlvsdistill.io/image-tag"] = run.image_tag
     if run.settings.queue:
         out["kueue.x-k8s.io/queue-name"] = run.settings.queue
     return out
 
 
+def annotations(run: Run) -> dict[str, str]:
+    """The whole image reference, and its digest when given: a run traced to image bytes, not a movable tag."""
+    out = {"rlvsdistill.io/image": str(run.image)}
+    if run.image.digest:
+        out["rlvsdistill.io/image-digest"] = run.image.digest
+    return out
+
+
 def _metadata(run: Run, name: str) -> dict:
-    return {"name": name, "namespace": run.settings.namespace, "labels": labels(run)}
+    return {"name": name, "namespace": run.settings.namespace, "labels": labels(run), "annotations": annotations(run)}
 
 
 def _env(run: Run) -> list[dict]:
     env = [
         {"name": "RLVSDISTILL_ROOT", "value": f"{run.settings.mount_path}/runs"},
         {"name": "RLVSDISTILL_RUN", "value": run.name},
-        {"name": "IMAGE_TAG", "value": run.image_tag},
+        {"name": "IMAGE_TAG", "value": run.image_tag or run.image.digest},
+        {"name": "RLVSDISTILL_IMAGE", "value": str(run.image)},
         {"name": "HF_HOME", "value": HF_CACHE},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    # Optional: a pod never waits for a Secret that is missing (public models need no token).
     if run.settings.hf_token_secret:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": run.settings.hf_token_secret,
-                                                                        "key": "token"}}})
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": run.settings.hf_token_secret, "key": "token", "optional": True}}})
     if run.settings.wandb_secret:
-        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": run.settings.wandb_secret,
-                                                                             "key": "api-key"}}})
+        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
+            "name": run.settings.wandb_secret, "key": "api-key", "optional": True}}})
     return env
 
 
@@ -179,9 +201,10 @@ def container(run: Run, name: str, command: list[str], gpus: int) -> dict:
     mounts = [dict(m, mountPath=m["mountPath"] or run.settings.mount_path) for m in _MOUNTS]
     return {
         "name": name,
-        "image": run.image,
-        "imagePullPolicy": "IfNotPresent",
+        "image": str(run.image),
+        "imagePullPolicy": run.image.pull_policy,
         "command": [str(c) for c in command],
+        "workingDir": WORKDIR,
         "env": _env(run),
         "resources": _resources(run, gpus),
         "volumeMounts": mounts,
@@ -234,7 +257,7 @@ def pod_template(run: Run, containers: list[dict], init_containers: list[dict] |
         spec["nodeSelector"] = dict(s.node_selector)
     if s.tolerations:
         spec["tolerations"] = list(s.tolerations)
-    return {"metadata": {"labels": labels(run)}, "spec": spec}
+    return {"metadata": {"labels": labels(run), "annotations": annotations(run)}, "spec": spec}
 
 
 def _job(run: Run, name: str, template: dict, **spec) -> dict:
@@ -257,11 +280,13 @@ def config_map(run: Run) -> dict:
 
 
 def _launch(run: Run, procs_per_node: int, nodes: int) -> list:
-    cmd = ["accelerate", "launch", "--config_file", ACCELERATE_ZERO3, "--num_processes", procs_per_node * nodes]
+    cmd = ["accelerate", "launch", "--config_file", ACCELERATE_ZERO3, "--deepspeed_config_file", DEEPSPEED_ZERO3,
+           "--num_processes", procs_per_node * nodes]
     if nodes > 1:
         # Set by the training operator in every PyTorchJob pod; Kubernetes substitutes $(VAR) from the env.
+        # "standard": each pod runs torch.distributed.run for its own processes (the default, pdsh, would ssh).
         cmd += ["--num_machines", nodes, "--machine_rank", "$(RANK)", "--main_process_ip", "$(MASTER_ADDR)",
-                "--main_process_port", "$(MASTER_PORT)"]
+                "--main_process_port", "$(MASTER_PORT)", "--deepspeed_multinode_launcher", "standard"]
     return cmd + ["-m", "rlvsdistill", run.kind, "--config", CONFIG_FILE]
 
 
@@ -356,7 +381,8 @@ def to_yaml(run: Run, objects: list[dict]) -> str:
     header = [
         f"# rlvsdistill {run.kind} run '{run.name}' from {run.config_path}, image {run.image} "
         f"(config hash {run.config_hash})",
-        f"# Apply:  rlvsdistill submit {run.kind} --config {run.config_path}{cluster} --image-tag {run.image_tag}"
+        f"# Apply:  rlvsdistill submit {run.kind} --config {run.config_path}{cluster} --image {run.image}"
+        f"{' --local-image' if run.image.local else ''}"
         "   (or: kubectl apply -f THIS_FILE)",
         f"# Check:  kubectl -n {ns} get {kinds.replace(',configmaps', '')},pods -l {sel}",
         f"# Logs:   kubectl -n {ns} logs -f -l {sel} -c {container_name} --max-log-requests 16",
