@@ -94,7 +94,7 @@ check-image: $(VENV)/.installed ## check that the image's pinned set resolves fo
 
 GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
 
-.PHONY: submit-grpo submit-sft submit-eval submit-generate
+.PHONY: submit-grpo submit-sft submit-eval submit-generate submit-smoke
 submit-grpo: $(VENV)/.installed ## submit a GRPO run (CONFIG, CLUSTER, IMAGE_TAG, NAMESPACE)
 	$(call SUBMIT,grpo,$(GRPO_CONFIG))
 submit-sft: $(VENV)/.installed ## submit an SFT distillation run
@@ -104,13 +104,22 @@ submit-eval: $(VENV)/.installed ## submit an evaluation (indexed Job of shards +
 submit-generate: $(VENV)/.installed ## submit teacher sampling for distillation data
 	$(call SUBMIT,generate,$(GENERATE_CONFIG))
 
-.PHONY: render-grpo render-sft render-eval
+submit-smoke: $(VENV)/.installed ## a few GRPO steps with the vLLM sidecar (1+1 GPUs) and an eval; ends SMOKE PASS/FAIL
+	$(call SUBMIT,smoke,)
+
+.PHONY: gpu-check
+gpu-check: $(VENV)/.installed ## on a GPU node: the smoke steps without Kubernetes (SFT ZeRO-3, GRPO, vLLM, eval)
+	$(RLV) smoke $(if $(OUT),--out $(OUT))
+
+.PHONY: render-grpo render-sft render-eval render-smoke
 render-grpo: $(VENV)/.installed ## print the GRPO run's YAML (validated, nothing sent)
 	@$(call SUBMIT,grpo,$(GRPO_CONFIG)) --dry-run
 render-sft: $(VENV)/.installed ## print the SFT run's YAML
 	@$(call SUBMIT,sft,$(SFT_CONFIG)) --dry-run
 render-eval: $(VENV)/.installed ## print the evaluation's YAML
 	@$(call SUBMIT,eval,$(EVAL_CONFIG)) --dry-run
+render-smoke: $(VENV)/.installed ## print the smoke Job's YAML
+	@$(call SUBMIT,smoke,) --dry-run
 
 .PHONY: status logs cancel
 status: $(VENV)/.installed ## show a run (RUN=name)

@@ -25,6 +25,7 @@ EXAMPLES = {
                           "configs/cluster/single-node.yaml"),
     "eval-indexed-job.yaml": ("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
                               "configs/cluster/single-node.yaml"),
+    "smoke-job.yaml": ("smoke", None, "configs/cluster/single-node.yaml"),
 }
 
 

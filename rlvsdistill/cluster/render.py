@@ -23,7 +23,7 @@ from ..io import UserError
 from .image import ImageRef, parse_image
 from .settings import DNS_LABEL, QUANTITY, ClusterSettings
 
-KINDS = ("grpo", "sft", "generate", "eval")
+KINDS = ("grpo", "sft", "generate", "eval", "smoke")
 CONFIG_DIR = "/etc/rlvsdistill"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 ACCELERATE_ZERO3 = "/app/configs/accelerate/zero3.yaml"  # inside the image
@@ -40,7 +40,7 @@ class Run:
 
     kind: str
     name: str
-    config_path: str
+    config_path: str | None  # None for the smoke test, whose config is rendered from the cluster settings
     config: dict  # the job config after overrides and the cluster's own keys
     settings: ClusterSettings
     image: ImageRef
@@ -77,9 +77,13 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     problems = []
     if kind not in KINDS:
         raise UserError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
-    values = read_yaml(config_path)
-    values.update(parse_overrides(overrides))
-    problems += [f"{config_path}: {p}" for p in check_values(kind, values, hardware=False)]
+    if kind == "smoke":
+        name = name or "smoke"
+        values = smoke_config(name, settings, parse_overrides(overrides))
+    else:
+        values = read_yaml(config_path)
+        values.update(parse_overrides(overrides))
+        problems += [f"{config_path}: {p}" for p in check_values(kind, values, hardware=False)]
     if isinstance(image, str):
         try:
             image = parse_image(image)
@@ -108,6 +112,15 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     if kind == "eval":
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
     return Run(kind, name, config_path, values, settings, image, cluster_path)
+
+
+def smoke_config(name: str, settings: ClusterSettings, overrides: dict) -> dict:
+    """The smoke Job's options: the tiny model on the volume (the sidecar serves it), the sidecar on localhost."""
+    from ..smoke import load_options
+
+    values = {"output_dir": name, "max_steps": 3, "model_name_or_path": f"{settings.mount_path}/runs/{name}/model",
+              "vllm_server_host": "127.0.0.1", "vllm_server_port": settings.vllm_port, **overrides}
+    return dataclasses.asdict(load_options(None, **values))
 
 
 def _grpo_cluster_problems(values: dict, settings: ClusterSettings, where: str) -> list[str]:
@@ -173,6 +186,9 @@ def _env(run: Run) -> list[dict]:
     if run.settings.wandb_secret:
         env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
             "name": run.settings.wandb_secret, "key": "api-key", "optional": True}}})
+        # wandb writes its run files, cache and settings under $HOME by default; the working directory is writable.
+        env += [{"name": "WANDB_DIR", "value": WORKDIR}, {"name": "WANDB_CACHE_DIR", "value": f"{WORKDIR}/wandb-cache"},
+                {"name": "WANDB_CONFIG_DIR", "value": f"{WORKDIR}/wandb-config"}]
     return env
 
 
@@ -350,8 +366,26 @@ def eval_objects(run: Run) -> list[dict]:
     return [config_map(run), shards_job, _job(run, f"{run.name}-merge", merge_pod)]
 
 
+SMOKE_INIT_STEPS, SMOKE_STEPS = ["tiny-model"], ["grpo-vllm-server", "eval"]
+
+
+def smoke_objects(run: Run) -> list[dict]:
+    """`rlvsdistill smoke` as a Job: the tiny model is written by an init container, served by the vLLM sidecar on
+    1 GPU, trained on for a few GRPO steps on 1 GPU (weights synced to the server), then evaluated; no retries."""
+    def smoke(name: str, steps: list[str], gpus: int) -> dict:
+        return container(run, name, ["rlvsdistill", "smoke", "--config", CONFIG_FILE, "--steps", ",".join(steps)],
+                         gpus)
+
+    one_gpu_server = dataclasses.replace(run, settings=dataclasses.replace(run.settings, vllm_gpus=1))
+    template = pod_template(run, [smoke("smoke", SMOKE_STEPS, 1)],
+                            [smoke("tiny-model", SMOKE_INIT_STEPS, 0), vllm_sidecar(one_gpu_server)])
+    return [config_map(run), _job(run, run.name, template, backoffLimit=0)]
+
+
 def render_objects(run: Run) -> list[dict]:
     """The run's objects, in the order they are created."""
+    if run.kind == "smoke":
+        return smoke_objects(run)
     if run.kind == "eval":
         return eval_objects(run)
     if run.kind == "generate":
@@ -376,12 +410,13 @@ def to_yaml(run: Run, objects: list[dict]) -> str:
     ns, sel = run.settings.namespace, f"{RUN_LABEL}={run.name}"
     kinds = "jobs,pytorchjobs,configmaps" if any(o["kind"] == "PyTorchJob" for o in objects) else "jobs,configmaps"
     container_name = "pytorch" if any(o["kind"] == "PyTorchJob" for o in objects) else (
-        run.kind if run.kind in ("eval", "generate") else "trainer")
+        run.kind if run.kind in ("eval", "generate", "smoke") else "trainer")
     cluster = f" --cluster {run.cluster_path}" if run.cluster_path else ""
+    config = f" --config {run.config_path}" if run.config_path else ""
     header = [
-        f"# rlvsdistill {run.kind} run '{run.name}' from {run.config_path}, image {run.image} "
+        f"# rlvsdistill {run.kind} run '{run.name}' from {run.config_path or 'the cluster settings'}, image {run.image} "
         f"(config hash {run.config_hash})",
-        f"# Apply:  rlvsdistill submit {run.kind} --config {run.config_path}{cluster} --image {run.image}"
+        f"# Apply:  rlvsdistill submit {run.kind}{config}{cluster} --image {run.image}"
         f"{' --local-image' if run.image.local else ''}"
         "   (or: kubectl apply -f THIS_FILE)",
         f"# Check:  kubectl -n {ns} get {kinds.replace(',configmaps', '')},pods -l {sel}",
