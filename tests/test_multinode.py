@@ -142,11 +142,27 @@ class Pods:
         return codes
 
     def kill(self, replica_type: str) -> None:
+        """kill -9 of the "pod": the launcher's process group, and the training processes, which
+        torch.distributed.run starts in sessions of their own (a pod's cgroup would hold them all)."""
+        import psutil
+
         proc = self.procs[replica_type]
         try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the whole group: the launcher and the training process
-        except ProcessLookupError:
-            pass
+            launcher = psutil.Process(proc.pid)
+            children = launcher.children(recursive=True)  # before the kill: orphans would be reparented
+        except psutil.NoSuchProcess:
+            children = []
+        pgids = {proc.pid}
+        for child in children:
+            try:
+                pgids.add(os.getpgid(child.pid))
+            except ProcessLookupError:
+                pass
+        for pgid in pgids:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
 
     def kill_all(self) -> None:
@@ -197,7 +213,7 @@ def test_rendered_pytorchjob_trains_zero3_across_two_pods(tmp_path, tiny_model, 
 
 
 def test_rendered_pytorchjob_resumes_after_the_worker_is_killed(tmp_path, tiny_model, sevens, at_root):
-    max_steps, save_steps = 24, 4
+    max_steps, save_steps = 12, 4
     config_map, job = render_multinode(tmp_path, tiny_model, sevens, max_steps=max_steps, save_steps=save_steps,
                                        save_total_limit=None)
     pods = Pods(tmp_path, config_map, job)
