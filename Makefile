@@ -95,7 +95,7 @@ check-image: $(VENV)/.installed ## check that the image's pinned set resolves fo
 GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
 
 .PHONY: submit-grpo submit-sft submit-eval submit-generate submit-smoke
-submit-grpo: $(VENV)/.installed ## submit a GRPO run (CONFIG, CLUSTER, IMAGE_TAG, NAMESPACE)
+submit-grpo: $(VENV)/.installed ## submit a GRPO run (REGISTRY [IMAGE_TAG] or IMAGE_REF, CONFIG, CLUSTER, NAMESPACE)
 	$(call SUBMIT,grpo,$(GRPO_CONFIG))
 submit-sft: $(VENV)/.installed ## submit an SFT distillation run
 	$(call SUBMIT,sft,$(SFT_CONFIG))

@@ -3,7 +3,8 @@
 GRPO: a batch/v1 Job on one node or a Kubeflow PyTorchJob on several; the trainer runs ``accelerate launch``
 with ZeRO-3 and reaches a vLLM server that runs as a native sidecar (an init container with
 ``restartPolicy: Always``) on its own GPUs. SFT: the same without the sidecar. Evaluation: an Indexed Job (one
-shard per pod) and a merge Job that waits for the shards. Every run also gets a ConfigMap holding its config.
+shard per pod) and a merge Job that waits for the shards. Smoke: one Job of `rlvsdistill smoke` steps with the
+sidecar. Every run also gets a ConfigMap holding its config, and every container the run's image reference.
 Config values reach containers only as argument lists or that file, never through a shell.
 """
 
