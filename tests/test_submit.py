@@ -132,7 +132,8 @@ def stub(tmp_path, monkeypatch):
 
 
 def submit_args(kind="sft", config="configs/paper/sft_qwen2.5_3b.yaml", cluster="configs/cluster/multi-node.yaml"):
-    return ["submit", kind, "--config", config, "--cluster", cluster, "--image-tag", "t1", "--name", "run-a"]
+    return ["submit", kind, "--config", config, "--cluster", cluster, "--registry", "registry.example.org/team",
+            "--image-tag", "t1", "--name", "run-a"]
 
 
 def test_submit_status_logs_cancel_against_stub_api_server(stub, capsys):
@@ -188,7 +189,7 @@ def test_submit_status_cancel_on_a_real_cluster(capsys, monkeypatch):
         pytest.skip(f"real-cluster test: {why}")
     monkeypatch.chdir(ROOT)
     namespace = os.environ.get("RLVSDISTILL_TEST_NAMESPACE", "rlvsdistill")
-    args = ["submit", "eval", "--config", "configs/cpu/eval_tiny.yaml", "--image-tag", "integration",
+    args = ["submit", "eval", "--config", "configs/cpu/eval_tiny.yaml", "--local-image", "--image-tag", "integration",
             "--name", f"it-{uuid.uuid4().hex[:8]}", "--namespace", namespace]
     name = args[-3]
     try:
