@@ -10,12 +10,16 @@ TORCH_PIN := $(shell grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"')
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-# Cluster: `make submit-grpo IMAGE_TAG=... [CONFIG=...] [CLUSTER=...] [NAMESPACE=...]`
+# Cluster: `make submit-grpo REGISTRY=host/path [IMAGE_TAG=...] [CONFIG=...] [CLUSTER=...] [NAMESPACE=...]`,
+# or IMAGE_REF=host/path/rlvsdistill@sha256:... instead of REGISTRY + IMAGE_TAG; LOCAL_IMAGE=1 for an image that is
+# already on the nodes (kind/minikube) and needs no registry.
 VERSION := $(shell grep -m1 '^version' pyproject.toml | cut -d'"' -f2)
 GIT_SHA := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 REGISTRY ?=
 IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/)rlvsdistill
 IMAGE_TAG ?= $(GIT_SHA)
+IMAGE_REF ?=
+LOCAL_IMAGE ?=
 CLUSTER ?= configs/cluster/single-node.yaml
 NAMESPACE ?=
 GRPO_CONFIG ?= configs/paper/grpo_qwen2.5_math_1.5b.yaml
@@ -26,7 +30,11 @@ RUN ?=
 CRD ?= $(wildcard ../shared/k8s/crds/kubeflow.org_pytorchjobs.yaml)
 RLV := $(VENV)/bin/rlvsdistill
 CLUSTER_ARGS = --cluster $(CLUSTER) $(if $(NAMESPACE),--namespace $(NAMESPACE))
-SUBMIT = $(RLV) submit $(1) --config $(or $(CONFIG),$(2)) --image-tag $(IMAGE_TAG) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD))
+# IMAGE_TAG goes along with IMAGE_REF only when the user set it, so that the pair is refused rather than one ignored.
+IMAGE_ARGS = $(if $(IMAGE_REF),--image '$(IMAGE_REF)') $(if $(REGISTRY),--registry '$(REGISTRY)') \
+  $(if $(or $(if $(IMAGE_REF),,default),$(filter-out file,$(origin IMAGE_TAG))),--image-tag '$(IMAGE_TAG)') \
+  $(if $(LOCAL_IMAGE),--local-image)
+SUBMIT = $(RLV) submit $(1) $(if $(2),--config $(or $(CONFIG),$(2))) $(IMAGE_ARGS) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD))
 
 .DEFAULT_GOAL := help
 
@@ -90,8 +98,8 @@ check-image: $(VENV)/.installed ## check that the image's pinned set resolves fo
 
 GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
 
-.PHONY: submit-grpo submit-sft submit-eval submit-generate
-submit-grpo: $(VENV)/.installed ## submit a GRPO run (CONFIG, CLUSTER, IMAGE_TAG, NAMESPACE)
+.PHONY: submit-grpo submit-sft submit-eval submit-generate submit-smoke
+submit-grpo: $(VENV)/.installed ## submit a GRPO run (REGISTRY [IMAGE_TAG] or IMAGE_REF, CONFIG, CLUSTER, NAMESPACE)
 	$(call SUBMIT,grpo,$(GRPO_CONFIG))
 submit-sft: $(VENV)/.installed ## submit an SFT distillation run
 	$(call SUBMIT,sft,$(SFT_CONFIG))
@@ -100,7 +108,14 @@ submit-eval: $(VENV)/.installed ## submit an evaluation (indexed Job of shards +
 submit-generate: $(VENV)/.installed ## submit teacher sampling for distillation data
 	$(call SUBMIT,generate,$(GENERATE_CONFIG))
 
-.PHONY: render-grpo render-sft render-eval render-generate
+submit-smoke: $(VENV)/.installed ## a few GRPO steps with the vLLM sidecar (1+1 GPUs) and an eval; ends SMOKE PASS/FAIL
+	$(call SUBMIT,smoke,)
+
+.PHONY: gpu-check
+gpu-check: $(VENV)/.installed ## on a GPU node: the smoke steps without Kubernetes (SFT ZeRO-3, GRPO, vLLM, eval)
+	$(RLV) smoke $(if $(OUT),--out $(OUT))
+
+.PHONY: render-grpo render-sft render-eval render-generate render-smoke
 render-grpo: $(VENV)/.installed ## print the GRPO run's YAML (validated, nothing sent)
 	@$(call SUBMIT,grpo,$(GRPO_CONFIG)) --dry-run
 render-sft: $(VENV)/.installed ## print the SFT run's YAML
@@ -109,6 +124,9 @@ render-eval: $(VENV)/.installed ## print the evaluation's YAML
 	@$(call SUBMIT,eval,$(EVAL_CONFIG)) --dry-run
 render-generate: $(VENV)/.installed ## print the teacher sampling Job's YAML
 	@$(call SUBMIT,generate,$(GENERATE_CONFIG)) --dry-run
+
+render-smoke: $(VENV)/.installed ## print the smoke Job's YAML
+	@$(call SUBMIT,smoke,) --dry-run
 
 # The kind is the config file's prefix: configs/paper/grpo_*.yaml -> grpo.
 PREFETCH_CONFIG = $(or $(CONFIG),$(GRPO_CONFIG))

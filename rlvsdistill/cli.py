@@ -177,9 +177,16 @@ def _add_cluster_commands(sub) -> None:
                        description="Render the run's objects from its config and the cluster settings, validate "
                        "them against the Kubernetes and PyTorchJob schemas, then create them (or print with "
                        "--dry-run).")
-    p.add_argument("kind", choices=("grpo", "sft", "generate", "eval"))
-    p.add_argument("--config", required=True, help="job config YAML (configs/paper/, configs/cpu/, ...)")
-    p.add_argument("--image-tag", help="tag of the rlvsdistill image to run (required)")
+    p.add_argument("kind", choices=("grpo", "sft", "generate", "eval", "smoke"),
+                   help="smoke: a few GRPO steps with the vLLM sidecar on a tiny model, then an eval (no config)")
+    p.add_argument("--config", help="job config YAML (configs/paper/, configs/cpu/, ...); not for smoke")
+    p.add_argument("--image", help="the image as one reference, REGISTRY/PATH[:TAG|@sha256:DIGEST] (a digest is "
+                   "pulled IfNotPresent and recorded in an annotation; a tag is pulled Always)")
+    p.add_argument("--registry", help="registry and path the image was pushed to (e.g. registry.example.org/team); "
+                   "the image is REGISTRY/<image_repository>:<--image-tag>")
+    p.add_argument("--image-tag", help="tag of the image (with --registry, or an image_repository naming one)")
+    p.add_argument("--local-image", action="store_true", help="the image is already on every node (kind/minikube "
+                   "load): no registry needed, never pulled")
     p.add_argument("--name", help="run name (default: from the kind and the config file name)")
     p.add_argument("--dry-run", action="store_true", help="print the YAML and send nothing")
     p.add_argument("--replace", action="store_true", help="delete a run of the same name first")
@@ -218,8 +225,15 @@ def _run_submit(args) -> int:
     from .cluster.render import prepare_run, render_objects, to_yaml
     from .cluster.validate import CRD_ENV, crd_schema_from_file, validate_objects
 
+    from .cluster.image import image_from_options
+
+    if (args.config is None) != (args.kind == "smoke"):
+        raise UserError("--config: required for grpo, sft, generate and eval" if args.config is None
+                        else "--config: smoke renders its own config (use KEY=VALUE overrides, e.g. max_steps=5)")
     settings = _settings(args)
-    run = prepare_run(args.kind, args.config, args.overrides, settings, args.image_tag, args.name, args.cluster,
+    image = image_from_options(settings.image_repository, args.image, args.image_tag, args.registry,
+                               args.local_image)
+    run = prepare_run(args.kind, args.config, args.overrides, settings, image, args.name, args.cluster,
                       args.resume_anyway, args.prefetch_model)
     crd_path = args.crd or os.environ.get(CRD_ENV)
     schema = crd_schema_from_file(crd_path) if crd_path else None
@@ -260,6 +274,26 @@ def _run_run_command(args) -> int:
     return 0
 
 
+def _add_smoke(sub) -> None:
+    p = sub.add_parser("smoke", help="a few steps of every GPU path on a tiny model, then PASS/FAIL (make gpu-check)",
+                       description="On a CUDA machine: make a tiny model, then SFT with bf16 + ZeRO-3, GRPO with HF "
+                       "generate, vLLM colocate and vLLM server (where vllm is installed), and a 4-problem eval, "
+                       "each a few steps; prints a summary and a final SMOKE PASS or SMOKE FAIL line.")
+    p.add_argument("--config", help="YAML of the options (what the smoke Job's ConfigMap holds)")
+    p.add_argument("--out", dest="output_dir", help="output directory (relative: under $RLVSDISTILL_ROOT; "
+                   "default gpu-check)")
+    p.add_argument("--steps", type=lambda s: s.split(","), help="comma-separated steps to run (default: all that "
+                   "this machine can)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps of each training step (default 3)")
+    p.set_defaults(func=_run_smoke)
+
+
+def _run_smoke(args) -> int:
+    from .smoke import load_options, run
+
+    return run(load_options(args.config, output_dir=args.output_dir, steps=args.steps, max_steps=args.max_steps))
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the study in miniature on one CPU (base, distillation, GRPO, eval, report)")
     p.add_argument("--fresh", action="store_true", help="start over instead of reusing finished stages")
@@ -284,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_cluster_commands(sub)
     _add_demo(sub)
+    _add_smoke(sub)
     _add_tiny_model(sub)
     return parser
 

@@ -106,6 +106,7 @@ def write_run_record(output_dir: str | os.PathLike, kind: str, config) -> Path:
         "config": json.loads(json.dumps(values, default=str)),
         "versions": package_versions(),
         "image_tag": os.environ.get("IMAGE_TAG"),
+        "image": os.environ.get("RLVSDISTILL_IMAGE"),  # the whole reference (with its digest, if given)
         "git_commit": git_commit(),
     }
     path = Path(output_dir) / RUN_RECORD

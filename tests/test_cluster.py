@@ -21,6 +21,7 @@ from rlvsdistill.io import UserError
 
 CRD = SHARED / "k8s" / "crds" / "kubeflow.org_pytorchjobs.yaml"
 CLUSTERS = sorted((ROOT / "configs" / "cluster").glob("*.yaml"))
+REGISTRY = "registry.example.org/team"
 KIND_OF_PREFIX = {"grpo": "grpo", "sft": "sft", "generate": "generate", "eval": "eval"}
 
 
@@ -45,7 +46,7 @@ def job_configs():
 @pytest.mark.parametrize("kind,config", list(job_configs()), ids=lambda x: str(x))
 def test_every_config_renders_and_validates(kind, config, cluster, crd_schema):
     settings = load_settings(str(cluster))
-    run = prepare_run(kind, str(config), [], settings, "test-tag")
+    run = prepare_run(kind, str(config), [], settings, f"{REGISTRY}/rlvsdistill:test-tag")
     objects = render_objects(run)
     assert validate_objects(objects, settings.kubernetes_version, crd_schema) == []
 
@@ -71,7 +72,7 @@ def test_static_manifests_validate_and_open_with_their_commands(path):
 
 def grpo_run(settings=None, overrides=(), tag="t1"):
     return prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", list(overrides),
-                       settings or load_settings("configs/cluster/single-node.yaml"), tag)
+                       settings or load_settings("configs/cluster/single-node.yaml"), f"{REGISTRY}/rlvsdistill:{tag}")
 
 
 def test_grpo_job_splits_gpus_and_runs_vllm_as_native_sidecar():
@@ -180,17 +181,26 @@ def test_only_the_launchers_own_env_references_are_expanded():
     assert expanded != command  # ... and there are some (the multi-node launch)
 
 
+GRPO = ["grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml"]
+TAGGED = [*GRPO, "--registry", REGISTRY, "--image-tag", "t"]
+DIGEST = "sha256:" + "0123456789abcdef" * 4
 INVALID = [
     # (arguments after `rlvsdistill submit`, fragment of the error naming the field)
-    (["grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml"], "--image-tag: required"),
-    (["grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t", "--name", "Bad_Name"],
-     "--name: 'Bad_Name' is not a valid run name"),
-    (["grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "bad tag!"],
-     "--image-tag: 'bad tag!' is not a valid image tag"),
-    (["grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t", "output_dir=/tmp/x"],
-     "output_dir: /tmp/x is outside the volume (/data)"),
-    (["grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t", "learning_rat=1"],
-     "learning_rat: unknown key"),
+    (GRPO, "--image-tag: required"),
+    ([*TAGGED, "--name", "Bad_Name"], "--name: 'Bad_Name' is not a valid run name"),
+    ([*GRPO, "--registry", REGISTRY, "--image-tag", "bad tag!"], "--image-tag: 'bad tag!' is not a valid image tag"),
+    ([*TAGGED, "output_dir=/tmp/x"], "output_dir: /tmp/x is outside the volume (/data)"),
+    ([*TAGGED, "learning_rat=1"], "learning_rat: unknown key"),
+    ([*TAGGED, "report_to=wandb"], "report_to: wandb, but the cluster settings name no wandb_secret"),
+    ([*GRPO, "--image-tag", "t"], "names no registry, so every node would pull docker.io/rlvsdistill"),
+    ([*GRPO, "--registry", "r.example /team", "--image-tag", "t"], "--registry (REGISTRY): 'r.example /team' contains"),
+    ([*GRPO, "--registry", "https://r.example/team", "--image-tag", "t"], "has a URL scheme"),
+    ([*GRPO, "--image", f"{REGISTRY}/rlvsdistill:v1", "--image-tag", "t"],
+     "cannot be combined with --image-tag (IMAGE_TAG)"),
+    ([*GRPO, "--image", f"{REGISTRY}/rlvsdistill:bad!tag"], "--image: tag 'bad!tag' is not a valid image tag"),
+    ([*GRPO, "--image", f"{REGISTRY}/rlvsdistill@sha256:abc"], "--image: digest 'sha256:abc' is not sha256:"),
+    ([*GRPO, "--image", f"{REGISTRY}/rlvsdistill"], "names no tag or digest"),
+    ([*GRPO, "--image", f"{REGISTRY}/RLVSDistill:v1"], "path component 'RLVSDistill' is not valid"),
 ]
 
 
@@ -204,8 +214,7 @@ def test_invalid_input_fails_before_any_api_call(args, fragment, capsys, monkeyp
 def test_invalid_cluster_settings_name_their_keys(tmp_path, capsys):
     bad = tmp_path / "cluster.yaml"
     bad.write_text("grpo_gpus_per_node: -1\nnamespace: Not_OK\nvllm_gpus: 9\nshm_size: lots\ncolour: blue\n")
-    assert main(["submit", "grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t",
-                 "--cluster", str(bad)]) == 2
+    assert main(["submit", *TAGGED, "--cluster", str(bad)]) == 2
     err = capsys.readouterr().err
     for fragment in ("grpo_gpus_per_node: must be a positive integer", "namespace: 'Not_OK' is not a valid",
                      "shm_size: 'lots' is not a Kubernetes quantity", "colour: unknown key"):
@@ -214,10 +223,10 @@ def test_invalid_cluster_settings_name_their_keys(tmp_path, capsys):
 
 def test_unknown_kind_is_refused(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["submit", "ppo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t"])
+        main(["submit", "ppo", *TAGGED[1:]])
     assert exc.value.code == 2 and "invalid choice: 'ppo'" in capsys.readouterr().err
     with pytest.raises(UserError, match="kind: 'ppo'"):
-        prepare_run("ppo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], ClusterSettings(), "t")
+        prepare_run("ppo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], ClusterSettings(), f"{REGISTRY}/x:t")
 
 
 def test_validation_catches_a_broken_object(crd_schema):
@@ -233,7 +242,7 @@ def test_validation_catches_a_broken_object(crd_schema):
 def test_dry_run_prints_yaml_and_sends_nothing(capsys, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
     assert main(["submit", "eval", "--config", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
-                 "--image-tag", "t", "--dry-run"]) == 0
+                 "--registry", REGISTRY, "--image-tag", "t", "--dry-run"]) == 0
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
     assert [d["kind"] for d in docs] == ["ConfigMap", "NetworkPolicy", "Job", "Job"]
     assert docs[2]["spec"]["completionMode"] == "Indexed" and docs[2]["spec"]["completions"] == 4
@@ -446,3 +455,56 @@ def test_saved_trl_fields_match_the_installed_trl():
 
     assert json.loads(TRL_FIELDS_FILE.read_text()) == trl_field_types(), \
         "TRL changed: run `python -m rlvsdistill.config` and review the diff"
+def _containers(objects):
+    for obj in objects:
+        specs = ([r["template"] for r in obj["spec"]["pytorchReplicaSpecs"].values()] if obj["kind"] == "PyTorchJob"
+                 else [obj["spec"]["template"]] if obj["kind"] == "Job" else [])
+        for template in specs:
+            yield from template["spec"]["containers"] + template["spec"].get("initContainers", [])
+
+
+def test_make_render_puts_the_registry_and_tag_in_every_container():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("IMAGE_TAG", None)
+    env.pop("REGISTRY", None)
+    proc = subprocess.run(["make", "-s", "render-grpo", "REGISTRY=r.example/team", "IMAGE_TAG=abc",
+                           "CLUSTER=configs/cluster/multi-node.yaml"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    objects = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    containers = list(_containers(objects))
+    assert len(containers) == 3  # the Master's trainer and sidecar, the Worker's trainer
+    assert {c["image"] for c in containers} == {"r.example/team/rlvsdistill:abc"}
+    assert {c["imagePullPolicy"] for c in containers} == {"Always"}  # a tag can move
+    proc = subprocess.run(["make", "-s", "render-grpo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "names no registry" in proc.stderr and not proc.stdout
+
+
+def test_a_digest_is_pulled_if_not_present_and_annotated(capsys):
+    image = f"{REGISTRY}/rlvsdistill@{DIGEST}"
+    assert main(["submit", *GRPO, "--image", image, "--dry-run"]) == 0
+    objects = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert {(c["image"], c["imagePullPolicy"]) for c in _containers(objects)} == {(image, "IfNotPresent")}
+    for obj in objects:
+        assert obj["metadata"]["annotations"]["rlvsdistill.io/image-digest"] == DIGEST
+        assert "rlvsdistill.io/image-tag" not in obj["metadata"]["labels"]
+    pod = objects[1]["spec"]["template"]
+    assert pod["metadata"]["annotations"]["rlvsdistill.io/image"] == image
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["RLVSDISTILL_IMAGE"] == image and env["IMAGE_TAG"] == DIGEST  # recorded in run_record.json
+
+
+def test_a_local_image_needs_no_registry_and_is_never_pulled(capsys):
+    assert main(["submit", *GRPO, "--image-tag", "dev", "--local-image", "--dry-run"]) == 0
+    objects = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
+    assert {(c["image"], c["imagePullPolicy"]) for c in _containers(objects)} == {("rlvsdistill:dev", "Never")}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_no_pod_waits_for_a_secret(name):
+    """Secrets the README does not create are optional: a pod starts without them (HF token: public models)."""
+    objects = [d for d in yaml.safe_load_all((ROOT / "k8s" / "examples" / name).read_text()) if d]
+    refs = [e["valueFrom"]["secretKeyRef"] for c in _containers(objects) for e in c["env"] if "valueFrom" in e]
+    assert refs and all(r["optional"] is True for r in refs)
+    for cluster in CLUSTERS:
+        assert load_settings(str(cluster)).wandb_secret is None  # the README creates no W&B Secret

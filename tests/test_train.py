@@ -166,3 +166,18 @@ def test_zero3_two_cpu_processes_partition_parameters(tmp_path, tiny_model, seve
     assert len(sizes) == 2  # one optimizer partition per process
     assert sum(sizes) >= total and max(sizes) <= total / 2 + 64  # each holds half (plus alignment padding)
     assert (out / "final" / ".complete").is_file()
+
+
+def test_report_to_tensorboard_and_wandb_write_their_runs(tmp_path, tiny_model, sevens):
+    """What a cluster run gets with report_to: tensorboard event files beside the checkpoints, and a W&B run
+    (offline here: no network; on the cluster the wandb_secret's key makes it online)."""
+    out = tmp_path / "out"
+    cfg = write_yaml(tmp_path / "sft.yaml", sft_values(tiny_model, sevens / "sft.jsonl", out, max_steps=2,
+                                                       save_steps=2, logging_steps=1,
+                                                       report_to=["tensorboard", "wandb"]))
+    proc = run_cli("-m", "rlvsdistill", "sft", "--config", str(cfg), cwd=tmp_path,
+                   env={"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(out.rglob("events.out.tfevents.*"))
+    [wandb_run] = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert list(wandb_run.glob("*.wandb"))

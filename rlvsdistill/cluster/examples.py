@@ -14,7 +14,7 @@ from .render import prepare_run, render_objects, to_yaml
 from .settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE_TAG = "0.1.0"
+IMAGE = "registry.example.org/team/rlvsdistill:0.1.0"  # what `make submit-* REGISTRY=registry.example.org/team` runs
 EXAMPLES = {
     # file in k8s/examples/: (kind, job config, cluster settings)
     "grpo-job.yaml": ("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "configs/cluster/single-node.yaml"),
@@ -25,13 +25,14 @@ EXAMPLES = {
                           "configs/cluster/single-node.yaml"),
     "eval-indexed-job.yaml": ("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
                               "configs/cluster/single-node.yaml"),
+    "smoke-job.yaml": ("smoke", None, "configs/cluster/single-node.yaml"),
 }
 
 
 def render_example(name: str) -> str:
     """The YAML of one example, rendered from paths relative to the repository root."""
     kind, config, cluster = EXAMPLES[name]
-    run = prepare_run(kind, config, [], load_settings(str(ROOT / cluster)), IMAGE_TAG, cluster_path=cluster)
+    run = prepare_run(kind, config, [], load_settings(str(ROOT / cluster)), IMAGE, cluster_path=cluster)
     return to_yaml(run, render_objects(run))
 
 

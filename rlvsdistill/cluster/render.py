@@ -3,8 +3,9 @@
 GRPO: a batch/v1 Job on one node or a Kubeflow PyTorchJob on several; the trainer runs ``accelerate launch``
 with ZeRO-3 and reaches a vLLM server that runs as a native sidecar (an init container with
 ``restartPolicy: Always``) on its own GPUs. SFT: the same without the sidecar. Evaluation: an Indexed Job (one
-shard per pod) and, with several shards, a merge Job that tracks the shards Job. Every run also gets a ConfigMap
-holding its config (owned by the workload once created) and a NetworkPolicy that admits only the run's own pods.
+shard per pod) and, with several shards, a merge Job that tracks the shards Job. Smoke: one Job of `rlvsdistill
+smoke` steps with the sidecar. Every run also gets a ConfigMap holding its config (owned by the workload once
+created) and a NetworkPolicy that admits only the run's own pods, and every container the run's image reference.
 Config values reach containers only as argument lists or that file, never through a shell; ``$`` is escaped so
 Kubernetes does not expand ``$(VAR)`` in them.
 """
@@ -25,10 +26,11 @@ from ..config import check_values, parse_overrides, read_yaml
 from ..grading import CPU_REQUEST_ENV
 from ..io import UserError
 from ..paths import CONFIG_HASH_ENV, RESUME_ANYWAY_ENV
+from .image import ImageRef, parse_image
 from .jobwatch import SERVICEACCOUNT_DIR, SHARDS_JOB_ENV
 from .settings import DNS_LABEL, QUANTITY, ClusterSettings
 
-KINDS = ("grpo", "sft", "generate", "eval")
+KINDS = ("grpo", "sft", "generate", "eval", "smoke")
 CONFIG_DIR = "/etc/rlvsdistill"
 CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 ACCELERATE_ZERO3 = "/app/configs/accelerate/zero3.yaml"  # inside the image
@@ -43,7 +45,8 @@ VLLM_GROUP_PORT = 51216
 # PyTorchJob pod, or by the Job controller. Any other '$' is escaped as '$$'.
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "PET_NNODES", "PET_NODE_RANK",
                  "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NPROC_PER_NODE", "JOB_COMPLETION_INDEX")
-DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}")
+DEEPSPEED_ZERO3 = "/app/configs/deepspeed/zero3.json"  # absolute: the accelerate config names it relative to /app
+WORKDIR = "/tmp"  # writable for uid 1000 (/app is read-only): launchers and libraries write into the cwd
 NAME_MAX = 52  # room for the "-config" / "-merge" suffixes and an indexed pod's "-NNN-xxxxx"
 
 
@@ -53,11 +56,10 @@ class Run:
 
     kind: str
     name: str
-    config_path: str
+    config_path: str | None  # None for the smoke test, whose config is rendered from the cluster settings
     config: dict  # the job config after overrides and the cluster's own keys
     settings: ClusterSettings
-    image: str
-    image_tag: str
+    image: ImageRef
     cluster_path: str | None = None  # where the settings came from (for the manifest header only)
     resume_anyway: bool = False  # resume checkpoints on the volume even if they come from another config hash
     prefetch: bool = False  # the run is the download of the config's model into the model-cache PVC
@@ -69,6 +71,10 @@ class Run:
         to resume."""
         blob = json.dumps([self.kind, self.config, dataclasses.asdict(self.settings)], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def image_tag(self) -> str | None:
+        return self.image.tag
 
 
 def default_name(kind: str, config_path: str) -> str:
@@ -84,19 +90,25 @@ def _in_volume(path: str, settings: ClusterSettings) -> bool:
 
 
 def prepare_run(kind: str, config_path: str, overrides: list[str], settings: ClusterSettings,
-                image_tag: str | None, name: str | None = None, cluster_path: str | None = None,
+                image: ImageRef | str, name: str | None = None, cluster_path: str | None = None,
                 resume_anyway: bool = False, prefetch: bool = False) -> Run:
-    """Check the job config, the name and the image tag; return the Run (UserError lists every problem)."""
+    """Check the job config, the name and the image (an ImageRef, or a reference that must name its registry);
+    return the Run (UserError lists every problem)."""
     problems = []
     if kind not in KINDS:
         raise UserError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
-    values = read_yaml(config_path)
-    values.update(parse_overrides(overrides))
-    problems += [f"{config_path}: {p}" for p in check_values(kind, values, hardware=False)]
-    if not image_tag:
-        problems.append("--image-tag: required (every run names the image it runs; see `make image`)")
-    elif not DOCKER_TAG.fullmatch(image_tag):
-        problems.append(f"--image-tag: {image_tag!r} is not a valid image tag of at most 63 characters")
+    if kind == "smoke":
+        name = name or "smoke"
+        values = smoke_config(name, settings, parse_overrides(overrides))
+    else:
+        values = read_yaml(config_path)
+        values.update(parse_overrides(overrides))
+        problems += [f"{config_path}: {p}" for p in check_values(kind, values, hardware=False)]
+    if isinstance(image, str):
+        try:
+            image = parse_image(image)
+        except UserError as exc:
+            problems.append(str(exc))
     name = name or (f"prefetch-{default_name(kind, config_path)}"[:NAME_MAX].rstrip("-") if prefetch
                     else default_name(kind, config_path))
     if prefetch and not settings.model_cache_pvc:
@@ -110,6 +122,10 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
                         " the results would vanish with the pod")
     if kind == "grpo":
         problems += _grpo_cluster_problems(values, settings, config_path)
+    report_to = values.get("report_to") or []
+    if "wandb" in ([report_to] if isinstance(report_to, str) else report_to) and not settings.wandb_secret:
+        problems.append(f"{config_path}: report_to: wandb, but the cluster settings name no wandb_secret (a Secret "
+                        "with key api-key); set one, or report_to: tensorboard (event files under output_dir)")
     if problems:
         raise UserError(f"cannot render {kind} run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     if kind == "grpo" and settings.vllm_gpus:
@@ -118,8 +134,16 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
                       vllm_server_port=settings.vllm_port)
     if kind == "eval":
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
-    return Run(kind, name, config_path, values, settings, f"{settings.image_repository}:{image_tag}", image_tag,
-               cluster_path, resume_anyway, prefetch)
+    return Run(kind, name, config_path, values, settings, image, cluster_path, resume_anyway, prefetch)
+
+
+def smoke_config(name: str, settings: ClusterSettings, overrides: dict) -> dict:
+    """The smoke Job's options: the tiny model on the volume (the sidecar serves it), the sidecar on localhost."""
+    from ..smoke import load_options
+
+    values = {"output_dir": name, "max_steps": 3, "model_name_or_path": f"{settings.mount_path}/runs/{name}/model",
+              "vllm_server_host": "127.0.0.1", "vllm_server_port": settings.vllm_port, **overrides}
+    return dataclasses.asdict(load_options(None, **values))
 
 
 def _grpo_cluster_problems(values: dict, settings: ClusterSettings, where: str) -> list[str]:
@@ -155,15 +179,24 @@ def labels(run: Run) -> dict[str, str]:
         "app.kubernetes.io/component": run.kind,
         RUN_LABEL: run.name,
         "rlvsdistill.io/config-hash": run.config_hash,
-        "rlvsdistill.io/image-tag": run.image_tag,
     }
+    if run.image_tag:
+        out["rlvsdistill.io/image-tag"] = run.image_tag
     if run.settings.queue:
         out["kueue.x-k8s.io/queue-name"] = run.settings.queue
     return out
 
 
+def annotations(run: Run) -> dict[str, str]:
+    """The whole image reference, and its digest when given: a run traced to image bytes, not a movable tag."""
+    out = {"rlvsdistill.io/image": str(run.image)}
+    if run.image.digest:
+        out["rlvsdistill.io/image-digest"] = run.image.digest
+    return out
+
+
 def _metadata(run: Run, name: str) -> dict:
-    return {"name": name, "namespace": run.settings.namespace, "labels": labels(run)}
+    return {"name": name, "namespace": run.settings.namespace, "labels": labels(run), "annotations": annotations(run)}
 
 
 def _env(run: Run, secrets: tuple[str, ...]) -> list[dict]:
@@ -171,7 +204,8 @@ def _env(run: Run, secrets: tuple[str, ...]) -> list[dict]:
     env = [
         {"name": "RLVSDISTILL_ROOT", "value": f"{run.settings.mount_path}/runs"},
         {"name": "RLVSDISTILL_RUN", "value": run.name},
-        {"name": "IMAGE_TAG", "value": run.image_tag},
+        {"name": "IMAGE_TAG", "value": run.image_tag or run.image.digest},
+        {"name": "RLVSDISTILL_IMAGE", "value": str(run.image)},
         {"name": CONFIG_HASH_ENV, "value": run.config_hash},
         {"name": "HF_HOME", "value": HF_CACHE},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
@@ -186,12 +220,16 @@ def _env(run: Run, secrets: tuple[str, ...]) -> list[dict]:
         env.append({"name": RESUME_ANYWAY_ENV, "value": "1"})
     if run.settings.model_cache_pvc:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the models were prefetched into the PVC
+    # Optional: a pod never waits for a Secret that is missing (public models need no token).
     if run.settings.hf_token_secret and "hf" in secrets:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": run.settings.hf_token_secret,
-                                                                        "key": "token"}}})
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": run.settings.hf_token_secret, "key": "token", "optional": True}}})
     if run.settings.wandb_secret and "wandb" in secrets:
-        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": run.settings.wandb_secret,
-                                                                             "key": "api-key"}}})
+        env.append({"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {
+            "name": run.settings.wandb_secret, "key": "api-key", "optional": True}}})
+        # wandb writes its run files, cache and settings under $HOME by default; the working directory is writable.
+        env += [{"name": "WANDB_DIR", "value": WORKDIR}, {"name": "WANDB_CACHE_DIR", "value": f"{WORKDIR}/wandb-cache"},
+                {"name": "WANDB_CONFIG_DIR", "value": f"{WORKDIR}/wandb-config"}]
     return env
 
 
@@ -233,9 +271,10 @@ def container(run: Run, name: str, command: list[str], gpus: int, secrets: tuple
         env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})  # the base image says "all"
     return {
         "name": name,
-        "image": run.image,
-        "imagePullPolicy": "IfNotPresent",
+        "image": str(run.image),
+        "imagePullPolicy": run.image.pull_policy,
         "command": [escape_dollars(c) for c in command],
+        "workingDir": WORKDIR,
         "env": env,
         "resources": _resources(run, gpus),
         "volumeMounts": mounts,
@@ -294,7 +333,7 @@ def pod_template(run: Run, containers: list[dict], init_containers: list[dict] |
         spec["nodeSelector"] = dict(s.node_selector)
     if s.tolerations:
         spec["tolerations"] = list(s.tolerations)
-    return {"metadata": {"labels": labels(run)}, "spec": spec}
+    return {"metadata": {"labels": labels(run), "annotations": annotations(run)}, "spec": spec}
 
 
 def _job(run: Run, name: str, template: dict, **spec) -> dict:
@@ -329,11 +368,13 @@ def network_policy(run: Run) -> dict:
 
 
 def _launch(run: Run, procs_per_node: int, nodes: int) -> list:
-    cmd = ["accelerate", "launch", "--config_file", ACCELERATE_ZERO3, "--num_processes", procs_per_node * nodes]
+    cmd = ["accelerate", "launch", "--config_file", ACCELERATE_ZERO3, "--deepspeed_config_file", DEEPSPEED_ZERO3,
+           "--num_processes", procs_per_node * nodes]
     if nodes > 1:
         # Set by the training operator in every PyTorchJob pod; Kubernetes substitutes $(VAR) from the env.
+        # "standard": each pod runs torch.distributed.run for its own processes (the default, pdsh, would ssh).
         cmd += ["--num_machines", nodes, "--machine_rank", "$(RANK)", "--main_process_ip", "$(MASTER_ADDR)",
-                "--main_process_port", "$(MASTER_PORT)"]
+                "--main_process_port", "$(MASTER_PORT)", "--deepspeed_multinode_launcher", "standard"]
     return cmd + ["-m", "rlvsdistill", run.kind, "--config", CONFIG_FILE]
 
 
@@ -451,10 +492,28 @@ def prefetch_objects(run: Run) -> list[dict]:
     return [config_map(run), network_policy(run), _job(run, run.name, pod_template(run, [fetch]))]
 
 
+SMOKE_INIT_STEPS, SMOKE_STEPS = ["tiny-model"], ["grpo-vllm-server", "eval"]
+
+
+def smoke_objects(run: Run) -> list[dict]:
+    """`rlvsdistill smoke` as a Job: the tiny model is written by an init container, served by the vLLM sidecar on
+    1 GPU, trained on for a few GRPO steps on 1 GPU (weights synced to the server), then evaluated; no retries."""
+    def smoke(name: str, steps: list[str], gpus: int) -> dict:
+        return container(run, name, ["rlvsdistill", "smoke", "--config", CONFIG_FILE, "--steps", ",".join(steps)],
+                         gpus)
+
+    one_gpu_server = dataclasses.replace(run, settings=dataclasses.replace(run.settings, vllm_gpus=1))
+    template = pod_template(run, [smoke("smoke", SMOKE_STEPS, 1)],
+                            [smoke("tiny-model", SMOKE_INIT_STEPS, 0), vllm_sidecar(one_gpu_server)])
+    return [config_map(run), _job(run, run.name, template, backoffLimit=0)]
+
+
 def render_objects(run: Run) -> list[dict]:
     """The run's objects, in the order they are created."""
     if run.prefetch:
         return prefetch_objects(run)
+    if run.kind == "smoke":
+        return smoke_objects(run)
     if run.kind == "eval":
         return eval_objects(run)
     if run.kind == "generate":
@@ -484,12 +543,14 @@ def to_yaml(run: Run, objects: list[dict]) -> str:
     kinds = ("jobs,pytorchjobs" if any(o["kind"] == "PyTorchJob" for o in objects) else "jobs") + \
         ",networkpolicies,configmaps"
     container_name = "pytorch" if any(o["kind"] == "PyTorchJob" for o in objects) else (
-        run.kind if run.kind in ("eval", "generate") else "trainer")
+        run.kind if run.kind in ("eval", "generate", "smoke") else "trainer")
     cluster = f" --cluster {run.cluster_path}" if run.cluster_path else ""
+    config = f" --config {run.config_path}" if run.config_path else ""
     header = [
-        f"# rlvsdistill {run.kind} run '{run.name}' from {run.config_path}, image {run.image} "
+        f"# rlvsdistill {run.kind} run '{run.name}' from {run.config_path or 'the cluster settings'}, image {run.image} "
         f"(config hash {run.config_hash})",
-        f"# Apply:  rlvsdistill submit {run.kind} --config {run.config_path}{cluster} --image-tag {run.image_tag}"
+        f"# Apply:  rlvsdistill submit {run.kind}{config}{cluster} --image {run.image}"
+        f"{' --local-image' if run.image.local else ''}"
         "   (or: kubectl apply -f THIS_FILE)",
         f"# Check:  kubectl -n {ns} get {kinds.split(',networkpolicies')[0]},pods -l {sel}",
         f"# Logs:   kubectl -n {ns} logs -f -l {sel} -c {container_name} --max-log-requests 16",
