@@ -291,7 +291,7 @@ def pod_specs(obj):
 
 def all_pods():
     for cluster, kind, config in every_run():
-        run = prepare_run(kind, config, [], load_settings(cluster), "t1")
+        run = prepare_run(kind, config, [], load_settings(cluster), "registry.example.org/team/rlvsdistill:t1")
         for obj in render_objects(run):
             for spec in pod_specs(obj):
                 yield run, obj, spec
@@ -313,11 +313,18 @@ def test_secrets_reach_only_the_containers_that_need_them():
     seen = {}
     for run, obj, spec in all_pods():
         for c in spec["containers"] + spec.get("initContainers", []):
-            seen[c["name"]] = {e["name"] for e in c["env"] if "valueFrom" in e}
+            seen[c["name"]] = {e["name"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
     assert seen["merge"] == set()  # reads the volume only
     assert seen["vllm"] == {"HF_TOKEN"}  # downloads the model, logs nothing to W&B
     assert seen["eval"] == seen["generate"] == {"HF_TOKEN"}
-    assert seen["pytorch"] == {"HF_TOKEN", "WANDB_API_KEY"}  # multi-node.yaml names both secrets
+    assert seen["pytorch"] == {"HF_TOKEN"}  # multi-node.yaml names no W&B secret (the README creates none)
+    with_wandb = dataclasses.replace(load_settings("configs/cluster/multi-node.yaml"), wandb_secret="wandb")
+    job = render_objects(grpo_run(with_wandb))[-1]
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    trainer, sidecar = master["containers"][0], master["initContainers"][0]
+    assert {e["name"] for e in trainer["env"] if "secretKeyRef" in e.get("valueFrom", {})} == {"HF_TOKEN",
+                                                                                              "WANDB_API_KEY"}
+    assert "WANDB_API_KEY" not in {e["name"] for e in sidecar["env"]}
 
 
 def test_network_policy_admits_only_the_runs_own_pods():
@@ -364,13 +371,13 @@ def test_model_cache_pvc_is_mounted_read_only_and_pods_go_offline():
     trainer = spec["containers"][0]
     assert {"name": "model-cache", "mountPath": "/cache/huggingface/hub", "readOnly": True} in trainer["volumeMounts"]
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in trainer["env"]
-    prefetch = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], settings, "t1", prefetch=True)
+    prefetch = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], settings, "registry.example.org/team/rlvsdistill:t1", prefetch=True)
     [fetch] = render_objects(prefetch)[-1]["spec"]["template"]["spec"]["containers"]
     assert fetch["command"] == ["hf", "download", "Qwen/Qwen2.5-Math-1.5B"] and prefetch.name.startswith("prefetch-")
     assert {"name": "model-cache", "mountPath": "/cache/huggingface/hub", "readOnly": False} in fetch["volumeMounts"]
     assert "HF_HUB_OFFLINE" not in {e["name"] for e in fetch["env"]}
     with pytest.raises(UserError, match="--prefetch-model: the cluster settings have no model_cache_pvc"):
-        prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], ClusterSettings(), "t1", prefetch=True)
+        prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], ClusterSettings(), "registry.example.org/team/rlvsdistill:t1", prefetch=True)
 
 
 def test_yaml_has_no_aliases():
@@ -381,10 +388,10 @@ def test_yaml_has_no_aliases():
 
 def test_single_shard_eval_has_no_second_merge_and_the_merge_runs_once():
     one = prepare_run("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", ["num_shards=1"],
-                      load_settings("configs/cluster/single-node.yaml"), "t1")
+                      load_settings("configs/cluster/single-node.yaml"), "registry.example.org/team/rlvsdistill:t1")
     assert [o["kind"] for o in render_objects(one)] == ["ConfigMap", "NetworkPolicy", "Job"]  # the shard merges
     four = prepare_run("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", [],
-                       load_settings("configs/cluster/single-node.yaml"), "t1")
+                       load_settings("configs/cluster/single-node.yaml"), "registry.example.org/team/rlvsdistill:t1")
     merge = render_objects(four)[-1]
     assert merge["metadata"]["name"].endswith("-merge") and merge["spec"]["backoffLimit"] == 0
 
@@ -392,11 +399,13 @@ def test_single_shard_eval_has_no_second_merge_and_the_merge_runs_once():
 def test_kueue_startup_allowance_must_fit_wait_for_pods_ready(tmp_path, capsys):
     bad = tmp_path / "cluster.yaml"
     bad.write_text("queue: gpu-queue\nkueue_pods_ready_timeout_seconds: 300\nvllm_startup_seconds: 1800\n")
-    assert main(["submit", "grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t",
+    assert main(["submit", "grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--registry", REGISTRY,
+                 "--image-tag", "t",
                  "--cluster", str(bad), "--dry-run"]) == 2
     assert "vllm_startup_seconds: 1800 exceeds kueue_pods_ready_timeout_seconds: 300" in capsys.readouterr().err
     bad.write_text("queue: gpu-queue\nkueue_pods_ready_timeout_seconds: 600\nvllm_startup_seconds: 600\n")
-    assert main(["submit", "grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--image-tag", "t",
+    assert main(["submit", "grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--registry", REGISTRY,
+                 "--image-tag", "t",
                  "--cluster", str(bad), "--dry-run"]) == 0
     job = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d][-1]
     sidecar = job["spec"]["template"]["spec"]["initContainers"][0]
@@ -414,8 +423,8 @@ def test_bad_input_is_named_and_nothing_is_sent(setting, override, fragment, tmp
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")  # any API call would fail differently
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(setting + "\n")
-    assert main(["submit", "eval", "--config", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", "--image-tag",
-                 "t", "--cluster", str(cluster), *override]) == 2
+    assert main(["submit", "eval", "--config", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", "--registry",
+                 REGISTRY, "--image-tag", "t", "--cluster", str(cluster), *override]) == 2
     assert fragment in capsys.readouterr().err
 
 
@@ -432,7 +441,7 @@ def test_a_run_with_another_config_hash_refuses_to_resume(tmp_path, monkeypatch)
     monkeypatch.setenv(RESUME_ANYWAY_ENV, "1")
     write_run_record(tmp_path, "grpo", {"learning_rate": 2e-6})
     run = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [],
-                      load_settings("configs/cluster/single-node.yaml"), "t1", resume_anyway=True)
+                      load_settings("configs/cluster/single-node.yaml"), "registry.example.org/team/rlvsdistill:t1", resume_anyway=True)
     env = {e["name"]: e.get("value") for e in render_objects(run)[-1]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env[CONFIG_HASH_ENV] == run.config_hash and env[RESUME_ANYWAY_ENV] == "1"
 
@@ -441,7 +450,7 @@ def test_submit_path_imports_neither_torch_nor_trl():
     # The `train` extra's packages made unimportable, as on a machine with only the `cluster` extra.
     code = ("import sys; sys.modules.update(dict.fromkeys(('torch', 'trl', 'transformers', 'deepspeed', "
             "'accelerate', 'datasets', 'peft', 'vllm'))); from rlvsdistill.cli import main; "
-            "rc = main(['submit', 'grpo', '--config', 'configs/paper/grpo_qwen2.5_3b.yaml', '--image-tag', 't', "
+            "rc = main(['submit', 'grpo', '--config', 'configs/paper/grpo_qwen2.5_3b.yaml', '--registry', 'r.example/team', '--image-tag', 't', "
             "'--cluster', 'configs/cluster/multi-node.yaml', '--dry-run', 'learning_rate=2e-6']); "
             "heavy = sorted(m for m in ('torch', 'trl', 'transformers', 'deepspeed') if sys.modules[m]); "
             "print('heavy:', heavy); sys.exit(rc or bool(heavy))")
@@ -488,7 +497,7 @@ def test_a_digest_is_pulled_if_not_present_and_annotated(capsys):
     for obj in objects:
         assert obj["metadata"]["annotations"]["rlvsdistill.io/image-digest"] == DIGEST
         assert "rlvsdistill.io/image-tag" not in obj["metadata"]["labels"]
-    pod = objects[1]["spec"]["template"]
+    pod = next(o for o in objects if o["kind"] == "Job")["spec"]["template"]
     assert pod["metadata"]["annotations"]["rlvsdistill.io/image"] == image
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
     assert env["RLVSDISTILL_IMAGE"] == image and env["IMAGE_TAG"] == DIGEST  # recorded in run_record.json
@@ -504,7 +513,8 @@ def test_a_local_image_needs_no_registry_and_is_never_pulled(capsys):
 def test_no_pod_waits_for_a_secret(name):
     """Secrets the README does not create are optional: a pod starts without them (HF token: public models)."""
     objects = [d for d in yaml.safe_load_all((ROOT / "k8s" / "examples" / name).read_text()) if d]
-    refs = [e["valueFrom"]["secretKeyRef"] for c in _containers(objects) for e in c["env"] if "valueFrom" in e]
+    refs = [e["valueFrom"]["secretKeyRef"] for c in _containers(objects) for e in c["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})]
     assert refs and all(r["optional"] is True for r in refs)
     for cluster in CLUSTERS:
         assert load_settings(str(cluster)).wandb_secret is None  # the README creates no W&B Secret

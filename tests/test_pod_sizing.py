@@ -45,10 +45,15 @@ def downward_api_env(container: dict) -> dict[str, str]:
     return env
 
 
+def _job(objects):
+    """The first Job of a run (after its ConfigMap and NetworkPolicy)."""
+    return next(o for o in objects if o["kind"] == "Job")
+
+
 def test_a_7_rank_grpo_pod_with_56_cpus_starts_8_workers_per_rank(monkeypatch):
     settings = ClusterSettings(grpo_gpus_per_node=8, vllm_gpus=1, cpu_per_gpu=8)
-    run = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], settings, "t1")
-    trainer = render_objects(run)[1]["spec"]["template"]["spec"]["containers"][0]
+    run = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], settings, "registry.example.org/team/rlvsdistill:t1")
+    trainer = _job(render_objects(run))["spec"]["template"]["spec"]["containers"][0]
     env = downward_api_env(trainer)
     assert env[CPU_REQUEST_ENV] == "56"
     ranks = trainer["command"][trainer["command"].index("--num_processes") + 1]
@@ -59,8 +64,8 @@ def test_a_7_rank_grpo_pod_with_56_cpus_starts_8_workers_per_rank(monkeypatch):
 
 def test_an_eval_shard_pod_with_8_cpus_starts_8_workers(monkeypatch):
     run = prepare_run("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", [],
-                      ClusterSettings(cpu_per_gpu=8), "t1")
-    shard = render_objects(run)[1]["spec"]["template"]["spec"]["containers"][0]
+                      ClusterSettings(cpu_per_gpu=8), "registry.example.org/team/rlvsdistill:t1")
+    shard = _job(render_objects(run))["spec"]["template"]["spec"]["containers"][0]
     monkeypatch.setenv(CPU_REQUEST_ENV, downward_api_env(shard)[CPU_REQUEST_ENV])
     assert default_workers() == 8
 
@@ -135,8 +140,8 @@ def test_the_merge_of_the_benchmark_data_fits_the_rendered_merge_pod(tmp_path):
     values = synthesize(tmp_path, 400, 64, shards=4)  # the benchmark's data, at a size CI can afford
     config = write_yaml(tmp_path / "eval.yaml", values)
     rendered = {**values, "dataset_name": "math_train", "output_dir": "run"}  # on the cluster: 7,500 problems budgeted
-    run = prepare_run("eval", str(write_yaml(tmp_path / "render.yaml", rendered)), [], ClusterSettings(), "t1")
-    merge_job = render_objects(run)[2]
+    run = prepare_run("eval", str(write_yaml(tmp_path / "render.yaml", rendered)), [], ClusterSettings(), "registry.example.org/team/rlvsdistill:t1")
+    merge_job = render_objects(run)[-1]
     resources = merge_job["spec"]["template"]["spec"]["containers"][0]["resources"]
     limit = resources["limits"]["memory"]
     assert limit.endswith("Mi") and resources["requests"]["memory"] == limit

@@ -130,7 +130,7 @@ def ns(control_plane, tmp_path, monkeypatch):
 
 def submit_args(ns, kind="sft", config="configs/paper/sft_qwen2.5_3b.yaml", cluster="configs/cluster/multi-node.yaml",
                 name="run-a"):
-    return ["submit", kind, "--config", config, "--cluster", str(cluster), "--image-tag", "t1", "--name", name,
+    return ["submit", kind, "--config", config, "--cluster", str(cluster), "--registry", "registry.example.org/team", "--image-tag", "t1", "--name", name,
             "--namespace", ns.name]
 
 
@@ -192,16 +192,16 @@ def test_every_rendered_workload_passes_the_servers_strict_validation(ns):
     for path in CLUSTERS:
         settings = load_settings(str(path))
         for kind, config in job_configs():
-            runs = [prepare_run(kind, str(config), [], settings, "t1")]
+            runs = [prepare_run(kind, str(config), [], settings, "registry.example.org/team/rlvsdistill:t1")]
             if settings.model_cache_pvc:
-                runs.append(prepare_run(kind, str(config), [], settings, "t1", prefetch=True))
+                runs.append(prepare_run(kind, str(config), [], settings, "registry.example.org/team/rlvsdistill:t1", prefetch=True))
             for obj in [o for run in runs for o in render_objects(run)]:
                 obj["metadata"]["namespace"] = ns.name
                 cluster.create(obj, dry_run=True)  # raises on any field the server does not know
                 checked += 1
     assert checked > 50
     multi = load_settings("configs/cluster/multi-node.yaml")
-    job = render_objects(prepare_run("sft", "configs/paper/sft_qwen2.5_3b.yaml", [], multi, "t1"))[-1]
+    job = render_objects(prepare_run("sft", "configs/paper/sft_qwen2.5_3b.yaml", [], multi, "registry.example.org/team/rlvsdistill:t1"))[-1]
     job["metadata"]["namespace"] = ns.name
     job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resourcez"] = {}
     with pytest.raises(cluster.ApiException, match="unknown field"):
@@ -361,7 +361,7 @@ def test_pytorchjob_worker_pod_with_the_operators_init_container_under_restricte
     from rlvsdistill.cluster.settings import load_settings
 
     run = prepare_run("grpo", "configs/paper/grpo_qwen2.5_3b.yaml", [],
-                      load_settings("configs/cluster/multi-node.yaml"), "t1", name="pt")
+                      load_settings("configs/cluster/multi-node.yaml"), "registry.example.org/team/rlvsdistill:t1", name="pt")
     worker = render_objects(run)[-1]["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
 
     def operator_pod(init_template: str) -> dict:

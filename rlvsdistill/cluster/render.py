@@ -357,7 +357,7 @@ def network_policy(run: Run) -> dict:
     torch rendezvous between nodes (ephemeral ports, hence no port list); nothing else in the cluster."""
     own = {"podSelector": {"matchLabels": {RUN_LABEL: run.name}}}
     meta = _metadata(run, f"{run.name}-ingress")
-    meta["annotations"] = {"rlvsdistill.io/serves": f"vllm:{run.settings.vllm_port},weight-sync:{VLLM_GROUP_PORT}"}
+    meta["annotations"]["rlvsdistill.io/serves"] = f"vllm:{run.settings.vllm_port},weight-sync:{VLLM_GROUP_PORT}"
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
             "spec": {**own, "policyTypes": ["Ingress"], "ingress": [{"from": [own]}]}}
 
