@@ -231,7 +231,7 @@ def merge(cfg) -> dict:
 
     Streams: a k-way merge of the shards' parts (each already in problem order) is written straight to
     samples.jsonl, one problem at a time, keeping only that problem's ``problem_stats``. Memory grows with the
-    number of problems, not samples. Any error leaves no samples.jsonl / summary.json behind.
+    number of problems, not samples. An error leaves no new or partial samples.jsonl / summary.json behind.
     """
     run_dir = resolve_output_dir(cfg.output_dir)
     _wait_for_shards(cfg, run_dir)
@@ -256,7 +256,8 @@ def merge(cfg) -> dict:
         short = {p.id: counts[i] for i, p in enumerate(problems) if counts[i] != cfg.n}
         if short:
             some = dict(list(short.items())[:5])
-            raise UserError(f"{run_dir}: {len(short)} problem(s) do not have n = {cfg.n} samples, e.g. {some}{short_at}")
+            raise UserError(f"{run_dir}: {len(short)} problem(s) do not have n = {cfg.n} samples, "
+                            f"e.g. {some}{short_at}")
         try:
             summary = summarize_stats(stats, ks=cfg.ks)
         except ValueError as exc:

@@ -61,8 +61,9 @@ MEAN_TOKENS = 600
 SUBJECTS = ("Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra", "Number Theory", "Prealgebra",
             "Precalculus")
 _WORDS = ("the", "we", "so", "then", "let", "x", "y", "=", "+", "\\frac{1}{2}", "equation", "solve", "therefore",
-          "sum", "of", "is", "and", "\\sqrt{3}", "2", "7", "area", "triangle", "Wait,", "Hmm,", "verify", "let me think",
-          "however,", "actually", "ok", "double-check", "Let's", "check", "again", "substitute", "factor", "(", ")")
+          "sum", "of", "is", "and", "\\sqrt{3}", "2", "7", "area", "triangle", "Wait,", "Hmm,", "verify",
+          "let me think", "however,", "actually", "ok", "double-check", "Let's", "check", "again", "substitute",
+          "factor", "(", ")")
 
 
 def eval_values(root: Path, problems: int, n: int, shards: int, part_size: int) -> dict:
