@@ -2,8 +2,8 @@
 
 Input is one record per sample (problem id, verdict, answer key, response, optional level/subject/tokens);
 ``summarize`` groups them by problem and returns a JSON-ready dict with accuracy, pass@k, maj@n, answer entropy,
-difficulty bins, lengths, reflection keywords, per-level / per-subject breakdowns, and a ``problem_stats`` block
-per problem, from which ``pool_problem_stats`` recomputes the means over any subset (a bin of another run).
+difficulty bins, lengths, reflection keywords, per-level / per-subject breakdowns, and a ``problem_block``
+per problem, from which ``pool_problem_blocks`` recomputes the means over any subset (a bin of another run).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def _mean(xs: Iterable[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def problem_stats(samples: Sequence[Sample], length_of: Callable[[Sample], int],
+def problem_block(samples: Sequence[Sample], length_of: Callable[[Sample], int],
                   keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict:
     """The per-problem block of ``summary.json`` from one problem's samples; the report joins these blocks across
     runs on the problem id to stratify by the base model's bins.
@@ -246,8 +246,8 @@ def problem_stats(samples: Sequence[Sample], length_of: Callable[[Sample], int],
             "keyword_occurrences": occurrences, "keyword_responses": responses}
 
 
-def pool_problem_stats(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
-    """Fold ``problem_stats`` blocks of a set of problems into its means: ``problems``, ``accuracy`` (mean c/n),
+def pool_problem_blocks(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
+    """Fold the ``problem_block``s of a set of problems into their means: ``problems``, ``accuracy`` (mean c/n),
     ``maj`` (share of problems whose majority answer is correct), ``answer_entropy_nats`` (mean over problems),
     ``mean_length`` {correct, wrong} (per response), ``reflection_per_response`` {correct, wrong} (all keywords'
     occurrences per response), and per keyword ``keywords_per_response`` (occurrences per response) and
@@ -355,8 +355,8 @@ def summarize(
         "mean_correct": _mean(length_of(s) for s in samples if s.correct),
         "mean_wrong": _mean(length_of(s) for s in samples if not s.correct),
     }
-    per_problem = {pid: problem_stats(g, length_of, keywords) for pid, g in groups.items()}
-    pooled = pool_problem_stats(per_problem.values(), keywords)
+    per_problem = {pid: problem_block(g, length_of, keywords) for pid, g in groups.items()}
+    pooled = pool_problem_blocks(per_problem.values(), keywords)
     summary["keywords"] = list(keywords)
     summary["keywords_per_response"] = pooled["keywords_per_response"]
     summary["keyword_presence"] = pooled["keyword_presence"]

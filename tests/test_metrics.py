@@ -15,8 +15,8 @@ from rlvsdistill.metrics import (
     difficulty_bins,
     keyword_counts,
     majority_correct,
-    pool_problem_stats,
-    problem_stats,
+    pool_problem_blocks,
+    problem_block,
     resolve_bins,
     pass_at_k,
     summarize,
@@ -201,14 +201,14 @@ def test_summarize_hand_made():
     assert out["by_level"]["1"]["accuracy"] == 0.75 and out["by_subject"]["Geometry"]["accuracy"] == 0.0
 
 
-def test_problem_stats_and_pooling():
+def test_problem_block_and_pooling():
     kws = ["wait", "ok"]
     samples = [
         Sample("p", True, "correct", "1", "box", "Wait, ok. Wait."),  # 15 chars: wait x2, ok x1
         Sample("p", True, "correct", "1", "box", "look: 1"),  # 7 chars, no keyword ("look" is not "ok")
         Sample("p", False, "wrong", "2", "box", "wait 2"),  # 6 chars
     ]
-    stats = problem_stats(samples, lambda s: len(s.response), kws)
+    stats = problem_block(samples, lambda s: len(s.response), kws)
     assert stats == {
         "n": 3, "correct": 2, "majority_correct": True, "answer_entropy_nats": pytest.approx(
             -(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3)),
@@ -216,14 +216,14 @@ def test_problem_stats_and_pooling():
         "keyword_occurrences": {"correct": [2, 1], "wrong": [1, 0]},
         "keyword_responses": {"correct": [1, 1], "wrong": [1, 0]},
     }
-    other = problem_stats([Sample("q", False, "no_answer", None, None, "ok ok")], lambda s: len(s.response), kws)
-    pooled = pool_problem_stats([stats, other], kws)
+    other = problem_block([Sample("q", False, "no_answer", None, None, "ok ok")], lambda s: len(s.response), kws)
+    pooled = pool_problem_blocks([stats, other], kws)
     assert pooled["problems"] == 2 and pooled["accuracy"] == pytest.approx((2 / 3 + 0) / 2) and pooled["maj"] == 0.5
     assert pooled["mean_length"] == {"correct": 11.0, "wrong": (6 + 5) / 2}
     assert pooled["keywords_per_response"]["ok"] == {"correct": 0.5, "wrong": 1.0}  # 1 of 2; 2 in 2 responses
     assert pooled["keyword_presence"]["ok"] == {"correct": 0.5, "wrong": 0.5}  # 1 response of 2 on each side
     assert pooled["reflection_per_response"] == {"correct": 1.5, "wrong": 1.5}
-    assert pool_problem_stats([], kws)["accuracy"] is None
+    assert pool_problem_blocks([], kws)["accuracy"] is None
 
 
 def test_summarize_keeps_a_block_per_problem():
