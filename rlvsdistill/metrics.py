@@ -2,8 +2,8 @@
 
 Input is one record per sample (problem id, verdict, answer key, response, optional level/subject/tokens);
 ``summarize`` groups them by problem and returns a JSON-ready dict with accuracy, pass@k, maj@n, answer entropy,
-difficulty bins, lengths, reflection keywords, per-level / per-subject breakdowns, and a ``problem_stats`` block
-per problem, from which ``pool_problem_stats`` recomputes the means over any subset (a bin of another run).
+difficulty bins, lengths, reflection keywords, per-level / per-subject breakdowns, and a ``problem_block``
+per problem, from which ``pool_problem_blocks`` recomputes the means over any subset (a bin of another run).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class ProblemStats:
 
     def block(self, unit: str) -> dict:
         """The problem's block in ``summary.json``'s ``per_problem``; the report joins these blocks across runs on
-        the problem id to stratify by the base model's bins (``pool_problem_stats`` folds them).
+        the problem id to stratify by the base model's bins (``pool_problem_blocks`` folds them).
 
         Keys: ``n``, ``correct`` (count), ``majority_correct``, ``answer_entropy_nats``, ``length_sum`` {correct,
         wrong} (in the summary's ``length_unit``; the sample counts are ``correct`` and n - correct), and
@@ -316,8 +316,8 @@ def _mean(xs: Iterable[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-def pool_problem_stats(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
-    """Fold ``problem_stats`` blocks of a set of problems into its means: ``problems``, ``accuracy`` (mean c/n),
+def pool_problem_blocks(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
+    """Fold the ``ProblemStats.block``s of a set of problems into their means: ``problems``, ``accuracy`` (mean c/n),
     ``maj`` (share of problems whose majority answer is correct), ``answer_entropy_nats`` (mean over problems),
     ``mean_length`` {correct, wrong} (per response), ``reflection_per_response`` {correct, wrong} (all keywords'
     occurrences per response), and per keyword ``keywords_per_response`` (occurrences per response) and
@@ -445,7 +445,7 @@ def summarize_stats(
         "mean_wrong": _ratio(total_wrong, n_samples - n_correct),
     }
     per_problem = {p.problem_id: p.block(unit) for p in stats}
-    pooled = pool_problem_stats(per_problem.values(), keywords)
+    pooled = pool_problem_blocks(per_problem.values(), keywords)
     summary["keywords"] = list(keywords)
     summary["keywords_per_response"] = pooled["keywords_per_response"]
     summary["keyword_presence"] = pooled["keyword_presence"]

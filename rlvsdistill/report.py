@@ -1,7 +1,7 @@
 """Comparison report of evaluation runs: Markdown tables and PNG panels of the paper's figures.
 
 Input: run directories with a merged ``summary.json`` (the first is the base model). Every number comes from the
-runs' per-problem blocks (``metrics.problem_stats``), joined on the problem id:
+runs' per-problem blocks (``metrics.problem_block``), joined on the problem id:
 
 - accuracy, maj@n and pass@n (optionally beside the paper's Table 3 row, ``--paper``), and pass@k curves;
 - Figure 8: mean success per bin of the *base* model's correct count, and its change against the base;
@@ -31,7 +31,7 @@ from .metrics import (
     bin_label,
     default_ks,
     pass_at_k,
-    pool_problem_stats,
+    pool_problem_blocks,
     resolve_bins,
     transition_matrix,
 )
@@ -57,9 +57,9 @@ class Run:
         return min(p["n"] for p in self.problems.values())
 
     def pooled(self, ids=None) -> dict:
-        """``pool_problem_stats`` over the given problem ids that this run has (default: all of its problems)."""
+        """``pool_problem_blocks`` over the given problem ids that this run has (default: all of its problems)."""
         ids = self.problems if ids is None else [i for i in ids if i in self.problems]
-        return pool_problem_stats((self.problems[i] for i in ids), self.summary["keywords"])
+        return pool_problem_blocks((self.problems[i] for i in ids), self.summary["keywords"])
 
     def pass_curve(self) -> dict[int, float]:
         """{k: mean pass@k} for k = 1, 2, 4, ... n over this run's problems."""

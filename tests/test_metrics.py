@@ -15,8 +15,8 @@ from rlvsdistill.metrics import (
     difficulty_bins,
     keyword_counts,
     majority_correct,
-    pool_problem_stats,
-    problem_stats,
+    pool_problem_blocks,
+    problem_block,
     resolve_bins,
     pass_at_k,
     summarize,
@@ -201,7 +201,7 @@ def test_summarize_hand_made():
     assert out["by_level"]["1"]["accuracy"] == 0.75 and out["by_subject"]["Geometry"]["accuracy"] == 0.0
 
 
-def test_problem_stats_and_pooling():
+def test_problem_block_and_pooling():
     kws = ["wait", "ok"]
     samples = [
         Sample("p", True, "correct", "1", "box", "Wait, ok. Wait."),  # 15 chars: wait x2, ok x1
@@ -218,13 +218,13 @@ def test_problem_stats_and_pooling():
     }
     other = problem_stats([Sample("q", False, "no_answer", None, None, "ok ok")], kws,
                           lambda s: len(s.response)).block("custom")
-    pooled = pool_problem_stats([stats, other], kws)
+    pooled = pool_problem_blocks([stats, other], kws)
     assert pooled["problems"] == 2 and pooled["accuracy"] == pytest.approx((2 / 3 + 0) / 2) and pooled["maj"] == 0.5
     assert pooled["mean_length"] == {"correct": 11.0, "wrong": (6 + 5) / 2}
     assert pooled["keywords_per_response"]["ok"] == {"correct": 0.5, "wrong": 1.0}  # 1 of 2; 2 in 2 responses
     assert pooled["keyword_presence"]["ok"] == {"correct": 0.5, "wrong": 0.5}  # 1 response of 2 on each side
     assert pooled["reflection_per_response"] == {"correct": 1.5, "wrong": 1.5}
-    assert pool_problem_stats([], kws)["accuracy"] is None
+    assert pool_problem_blocks([], kws)["accuracy"] is None
 
 
 def test_summarize_keeps_a_block_per_problem():
