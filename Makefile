@@ -131,7 +131,7 @@ render-smoke: $(VENV)/.installed ## print the smoke Job's YAML
 # The kind is the config file's prefix: configs/paper/grpo_*.yaml -> grpo.
 PREFETCH_CONFIG = $(or $(CONFIG),$(GRPO_CONFIG))
 .PHONY: prefetch-model
-prefetch-model: $(VENV)/.installed ## download CONFIG's model into the cluster's model_cache_pvc (a CPU Job)
+prefetch-model: $(VENV)/.installed ## download CONFIG's model and dataset into the cluster's model_cache_pvc (a Job)
 	$(call SUBMIT,$(firstword $(subst _, ,$(notdir $(PREFETCH_CONFIG)))),$(PREFETCH_CONFIG)) --prefetch-model
 
 .PHONY: status logs cancel

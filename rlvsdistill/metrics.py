@@ -2,7 +2,7 @@
 
 Input is one record per sample (problem id, verdict, answer key, response, optional level/subject/tokens);
 ``summarize`` groups them by problem and returns a JSON-ready dict with accuracy, pass@k, maj@n, answer entropy,
-difficulty bins, lengths, reflection keywords, per-level / per-subject breakdowns, and a ``problem_block``
+difficulty bins, lengths, reflection keywords, per-level / per-subject breakdowns, and a ``ProblemStats.block``
 per problem, from which ``pool_problem_blocks`` recomputes the means over any subset (a bin of another run).
 """
 

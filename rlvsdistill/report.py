@@ -1,7 +1,7 @@
 """Comparison report of evaluation runs: Markdown tables and PNG panels of the paper's figures.
 
 Input: run directories with a merged ``summary.json`` (the first is the base model). Every number comes from the
-runs' per-problem blocks (``metrics.problem_block``), joined on the problem id:
+runs' per-problem blocks (``metrics.ProblemStats.block``), joined on the problem id:
 
 - accuracy, maj@n and pass@n (optionally beside the paper's Table 3 row, ``--paper``), and pass@k curves;
 - Figure 8: mean success per bin of the *base* model's correct count, and its change against the base;

@@ -369,15 +369,19 @@ def test_model_cache_pvc_is_mounted_read_only_and_pods_go_offline():
     spec = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]
     assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "models"}} in spec["volumes"]
     trainer = spec["containers"][0]
-    assert {"name": "model-cache", "mountPath": "/cache/huggingface/hub", "readOnly": True} in trainer["volumeMounts"]
-    assert {"name": "HF_HUB_OFFLINE", "value": "1"} in trainer["env"]
-    prefetch = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], settings, "registry.example.org/team/rlvsdistill:t1", prefetch=True)
+    assert {"name": "model-cache", "mountPath": "/models"} in trainer["volumeMounts"]
+    env = {e["name"]: e.get("value") for e in trainer["env"]}
+    assert (env["HF_HUB_OFFLINE"], env["HF_HUB_CACHE"], env["HF_DATASETS_CACHE"]) == ("1", "/models/hub",
+                                                                                       "/models/datasets")
+    prefetch = prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], settings,
+                           "registry.example.org/team/rlvsdistill:t1", prefetch=True)
     [fetch] = render_objects(prefetch)[-1]["spec"]["template"]["spec"]["containers"]
-    assert fetch["command"] == ["hf", "download", "Qwen/Qwen2.5-Math-1.5B"] and prefetch.name.startswith("prefetch-")
-    assert {"name": "model-cache", "mountPath": "/cache/huggingface/hub", "readOnly": False} in fetch["volumeMounts"]
-    assert "HF_HUB_OFFLINE" not in {e["name"] for e in fetch["env"]}
+    assert fetch["command"][:3] == ["python", "-m", "rlvsdistill.prefetch"] and prefetch.name.startswith("prefetch-")
+    fetch_env = {e["name"]: e.get("value") for e in fetch["env"]}
+    assert "HF_HUB_OFFLINE" not in fetch_env and fetch_env["HF_HUB_CACHE"] == "/models/hub"
     with pytest.raises(UserError, match="--prefetch-model: the cluster settings have no model_cache_pvc"):
-        prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], ClusterSettings(), "registry.example.org/team/rlvsdistill:t1", prefetch=True)
+        prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", [], ClusterSettings(),
+                    "registry.example.org/team/rlvsdistill:t1", prefetch=True)
 
 
 def test_yaml_has_no_aliases():

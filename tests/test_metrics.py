@@ -16,7 +16,6 @@ from rlvsdistill.metrics import (
     keyword_counts,
     majority_correct,
     pool_problem_blocks,
-    problem_block,
     resolve_bins,
     pass_at_k,
     summarize,

@@ -106,14 +106,19 @@ class Namespace:
                 if e.involved_object.name == name]
 
     def close(self):
-        self.kubelet.stop.set()
-        for pod in self.core.list_namespaced_pod(self.name).items:  # frees the fake nodes' GPUs for other tests
-            try:
-                self.core.patch_namespaced_pod(pod.metadata.name, self.name, {"metadata": {"finalizers": None}})
-                self.core.delete_namespaced_pod(pod.metadata.name, self.name, grace_period_seconds=0)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        """Delete the namespace first (no Job can make a new pod then), and remove its pods at once: a bound pod
+        would otherwise hold its node's GPUs for the rest of the session."""
         self.core.delete_namespace(self.name)
+        deadline = time.monotonic() + 60
+        while (pods := self.core.list_namespaced_pod(self.name).items) and time.monotonic() < deadline:
+            for pod in pods:
+                try:
+                    self.core.patch_namespaced_pod(pod.metadata.name, self.name, {"metadata": {"finalizers": None}})
+                    self.core.delete_namespaced_pod(pod.metadata.name, self.name, grace_period_seconds=0)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+            time.sleep(0.5)
+        self.kubelet.stop.set()
         self.core.delete_persistent_volume(f"{self.name}-data")
 
 
@@ -238,7 +243,7 @@ def test_scheduler_binds_grpo_to_an_8_gpu_node_and_refuses_what_cannot_fit(ns, t
     grpo = ["grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "configs/cluster/single-node.yaml"]
     for name in ("g1", "g2"):
         assert main(submit_args(ns, *grpo, name=name)) == 0
-    bound = [wait_until(lambda n=name: [p for p in ns.pods(f"job-name={n}") if p.spec.node_name], 30,
+    bound = [wait_until(lambda n=name: [p for p in ns.pods(f"job-name={n}") if p.spec.node_name], 60,
                         f"{name} bound")[0] for name in ("g1", "g2")]
     assert {p.spec.node_name for p in bound} == set(GPU_NODES)  # one 8-GPU node each: trainer 7 + sidecar 1
     gpus = [int(c.resources.limits["nvidia.com/gpu"]) for c in bound[0].spec.containers + bound[0].spec.init_containers]

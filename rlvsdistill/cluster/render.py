@@ -36,7 +36,7 @@ CONFIG_FILE = f"{CONFIG_DIR}/config.yaml"
 ACCELERATE_ZERO3 = "/app/configs/accelerate/zero3.yaml"  # inside the image
 CACHE_DIR = "/cache"  # the image points HF_HOME, TRITON_CACHE_DIR, XDG_CACHE_HOME, ... below it
 HF_CACHE = f"{CACHE_DIR}/huggingface"
-HF_HUB_CACHE = f"{HF_CACHE}/hub"  # where the optional model-cache PVC is mounted
+MODEL_CACHE = "/models"  # where the optional model-cache PVC is mounted: hub/ (models) and datasets/
 RUN_LABEL = "rlvsdistill.io/run"
 # Ports the run's pods serve to each other: vLLM's HTTP API (`trl vllm-serve --port`) and the weight-sync
 # process group (`--group_port` / GRPOConfig.vllm_group_port); NCCL and torch rendezvous add ephemeral ports.
@@ -218,8 +218,10 @@ def _env(run: Run, secrets: tuple[str, ...]) -> list[dict]:
     ]
     if run.resume_anyway:
         env.append({"name": RESUME_ANYWAY_ENV, "value": "1"})
-    if run.settings.model_cache_pvc:
-        env.append({"name": "HF_HUB_OFFLINE", "value": "1"})  # the models were prefetched into the PVC
+    if run.settings.model_cache_pvc:  # the model and dataset were prefetched into the PVC: no download
+        env += [{"name": "HF_HUB_CACHE", "value": f"{MODEL_CACHE}/hub"},
+                {"name": "HF_DATASETS_CACHE", "value": f"{MODEL_CACHE}/datasets"},
+                {"name": "HF_HUB_OFFLINE", "value": "1"}]
     # Optional: a pod never waits for a Secret that is missing (public models need no token).
     if run.settings.hf_token_secret and "hf" in secrets:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
@@ -265,7 +267,8 @@ def container(run: Run, name: str, command: list[str], gpus: int, secrets: tuple
     """A container of the run's image running ``command`` (an argument list; no shell)."""
     mounts = [dict(m, mountPath=m["mountPath"] or run.settings.mount_path) for m in _MOUNTS]
     if run.settings.model_cache_pvc:
-        mounts.append({"name": "model-cache", "mountPath": HF_HUB_CACHE, "readOnly": name != "prefetch"})
+        # Read-write: `datasets` takes file locks beside its cache even to read it.
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE})
     env = [dict(e, value=escape_dollars(e["value"])) if "value" in e else e for e in _env(run, secrets)]
     if not gpus:
         env.append({"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"})  # the base image says "all"
@@ -481,13 +484,9 @@ def eval_objects(run: Run) -> list[dict]:
 
 
 def prefetch_objects(run: Run) -> list[dict]:
-    """A CPU Job that downloads the config's model (at its revision) into the model-cache PVC, once, so that
-    every pod, retry and shard of the runs reads it offline instead of downloading it again."""
-    cfg = run.config
-    command = ["hf", "download", cfg["model_name_or_path"]]
-    if cfg.get("model_revision"):
-        command += ["--revision", cfg["model_revision"]]
-    fetch = container(run, "prefetch", command, 0)
+    """A CPU Job that downloads the config's model (at its revision) and Hub dataset into the model-cache PVC,
+    once, so that every pod, retry and shard of the runs reads them offline instead of downloading again."""
+    fetch = container(run, "prefetch", ["python", "-m", "rlvsdistill.prefetch", CONFIG_FILE], 0)
     fetch["env"] = [e for e in fetch["env"] if e["name"] != "HF_HUB_OFFLINE"]
     return [config_map(run), network_policy(run), _job(run, run.name, pod_template(run, [fetch]))]
 

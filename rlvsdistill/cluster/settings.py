@@ -42,7 +42,7 @@ class ClusterSettings:
     shm_size: str = field(default="64Gi", metadata={"help": "size of the memory-backed /dev/shm"})
     hf_cache_size: str = field(default="200Gi", metadata={"help": "node-local /cache (emptyDir): HF, Triton, ..."})
     model_cache_pvc: str | None = field(default=None, metadata={
-        "help": "ReadWriteMany PVC holding the models (make prefetch-model); pods then run with HF_HUB_OFFLINE=1"})
+        "help": "ReadWriteMany PVC with the models and datasets (make prefetch-model); pods run offline"})
     cpu_per_gpu: int = 8
     memory_per_gpu: str = "80Gi"
     backoff_limit: int = field(default=3, metadata={"help": "pod restarts before a run fails (each resumes)"})
