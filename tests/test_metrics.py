@@ -16,6 +16,7 @@ from rlvsdistill.metrics import (
     keyword_counts,
     majority_correct,
     pool_problem_blocks,
+    problem_stats,
     resolve_bins,
     pass_at_k,
     summarize,
