@@ -5,7 +5,8 @@ directory, with certificates made by openssl, an admin kubeconfig, fake Ready GP
 There is no kubelet: pods are created, admitted and scheduled, never run.
 
 Binaries: the directory named by $KUBEBUILDER_ASSETS (envtest's convention; it must also hold the controller
-manager and the scheduler), else ``../shared/k8s/bin/*.xz`` (unpacked and checked against its SHA256SUMS).
+manager and the scheduler), else ``../shared/k8s/bin/*.xz``, unpacked and checked against its SHA256SUMS once per
+machine (kept under ``~/.cache/rlvsdistill/``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ def find_binaries(shared_bin: Path, dest: Path) -> Path:
         return Path(assets)
     if not all((shared_bin / f"{b}.xz").is_file() for b in BINARIES):
         raise Unavailable(f"no KUBEBUILDER_ASSETS and no {shared_bin}/{{{','.join(BINARIES)}}}.xz")
-    sums = dict(line.split()[::-1] for line in (shared_bin / "SHA256SUMS").read_text().splitlines() if line.strip())
+    sums_text = (shared_bin / "SHA256SUMS").read_text()
+    sums = dict(line.split()[::-1] for line in sums_text.splitlines() if line.strip())
+    # Unpacked once per machine (xz takes 10-60 s), keyed by the checksums; checked when unpacked, then renamed.
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlvsdistill" / (
+        "k8s-bin-" + hashlib.sha256(sums_text.encode()).hexdigest()[:16])
+    if cache.is_dir():
+        return cache
     dest.mkdir(parents=True, exist_ok=True)
     for name in BINARIES:
         digest = hashlib.sha256()
@@ -53,6 +60,13 @@ def find_binaries(shared_bin: Path, dest: Path) -> Path:
         if digest.hexdigest() != sums.get(name):
             raise RuntimeError(f"{shared_bin}/{name}.xz: SHA256 {digest.hexdigest()} does not match SHA256SUMS")
         (dest / name).chmod(0o755)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.parent / f".{cache.name}.{os.getpid()}"
+        shutil.copytree(dest, tmp)
+        os.replace(tmp, cache)
+    except OSError:  # a read-only home, or another session got there first: use this session's copy
+        pass
     return dest
 
 
