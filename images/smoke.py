@@ -112,7 +112,7 @@ def check_grade() -> None:
     src.write_text("".join(json.dumps({"problem_id": f"p{i}", "response": r, "gold": g}) + "\n"
                            for i, (r, g, _) in enumerate(RESPONSES)))
     sh("rlvsdistill", "grade", str(src), "--out", str(DATA / "graded"), "--workers", "1", "--extract", "box")
-    got = [json.loads(line)["verdict"] for line in (DATA / "graded" / "verdicts.jsonl").read_text().splitlines()]
+    got = [json.loads(line)["verdict"]["status"] for line in (DATA / "graded" / "verdicts.jsonl").read_text().splitlines()]
     assert got == [v for *_, v in RESPONSES], got
     summary = json.loads((DATA / "graded" / "summary.json").read_text())
     assert summary["accuracy"] == 0.5, summary["accuracy"]
