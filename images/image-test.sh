@@ -48,7 +48,7 @@ mounts=(-v "$run_dir/cache:/cache" -v "$run_dir/tmp:/tmp" -v "$run_dir/data:/dat
     python /checks/smoke.py /checks/requirements.lock
 
 # Anything uid 1000 wrote outside the mounted places would fail on a pod's read-only root file system.
-stray=$("${buildah[@]}" run --isolation chroot "$ctr" -- find / -path /proc -prune -o -path /sys -prune \
+stray=$("${buildah[@]}" run --isolation chroot --user 0:0 "$ctr" -- find / -path /proc -prune -o -path /sys -prune \
     -o -path /dev -prune -o -path /cache -prune -o -path /tmp -prune -o -path /data -prune -o -path /checks -prune \
     -o -user 1000 -print)
 if [ -n "$stray" ]; then
