@@ -77,24 +77,51 @@ bench-eval: $(VENV)/.installed ## evaluation pipeline overhead vs generate alone
 bench-scale: $(VENV)/.installed ## streaming eval-merge vs the old in-memory one: time and peak RSS at two sizes
 	$(PY) tests/benchmarks/bench_scale.py $(BENCH_ARGS)
 
+# The image: `make image [BUILDER=docker|buildah] [CA_BUNDLE=FILE] [BASE=IMAGE]`, then `make push REGISTRY=...`.
+BUILDER ?= docker
+BUILDAH ?= buildah
+# buildah bud flags; `make image-test` builds without --layers (storage vfs copies every layer in full).
+BUILDAH_BUD_FLAGS ?= --layers
+CA_BUNDLE ?=
+comma := ,
+# The image's lock (`make lock`); another one for CUDA 12.x: see images/lock.py.
+LOCK ?= images/requirements.lock
+LOCK_INDEX ?=
+BASE ?=
+IMAGE_BUILD_ARGS = -f images/Dockerfile --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg VERSION=$(VERSION) \
+  --build-arg LOCK=$(LOCK) \
+  $(if $(BASE),--build-arg BASE=$(BASE)) $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) \
+  -t $(IMAGE):$(GIT_SHA) -t $(IMAGE):$(VERSION)
+
 .PHONY: image
-image: ## build the CUDA image, tagged with the git commit and the VERSION (needs Docker)
-	docker build -f images/Dockerfile --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg VERSION=$(VERSION) \
-	  -t $(IMAGE):$(GIT_SHA) -t $(IMAGE):$(VERSION) .
+image: ## build the CUDA image, tagged with the git commit and VERSION (BUILDER=docker|buildah, CA_BUNDLE=FILE)
+ifeq ($(BUILDER),docker)
+	DOCKER_BUILDKIT=1 docker build $(IMAGE_BUILD_ARGS) .
+else ifeq ($(BUILDER),buildah)
+	$(BUILDAH) bud --format docker $(BUILDAH_BUD_FLAGS) $(IMAGE_BUILD_ARGS) .
+else
+	@echo "BUILDER=$(BUILDER): expected docker or buildah"; exit 2
+endif
 
 .PHONY: push
-push: ## push the image to REGISTRY (REGISTRY=registry.example.org/team)
+push: ## push both tags to REGISTRY (REGISTRY=registry.example.org/team; BUILDER=docker|buildah)
 	@test -n "$(REGISTRY)" || { echo "set REGISTRY=<registry/namespace>"; exit 2; }
-	docker push $(IMAGE):$(GIT_SHA)
-	docker push $(IMAGE):$(VERSION)
+	$(if $(filter buildah,$(BUILDER)),$(BUILDAH),docker) push $(IMAGE):$(GIT_SHA)
+	$(if $(filter buildah,$(BUILDER)),$(BUILDAH),docker) push $(IMAGE):$(VERSION)
+
+.PHONY: image-test
+image-test: ## build the image with buildah from a stand-in Ubuntu 24.04 base and run its entrypoints on CPU (root)
+	images/image-test.sh
 
 .PHONY: lint-image
 lint-image: $(VENV)/.installed ## lint images/Dockerfile with hadolint
 	$(VENV)/bin/hadolint images/Dockerfile
 
-.PHONY: check-image
-check-image: $(VENV)/.installed ## check that the image's pinned set resolves for CUDA / CPython 3.12 (needs PyPI)
-	$(PY) images/check_resolves.py
+.PHONY: lock check-image
+lock: $(VENV)/.installed ## re-lock the image's dependency closure (LOCK=file, LOCK_INDEX=extra index URLs; PyPI)
+	$(PY) images/lock.py write --lock $(LOCK) $(foreach url,$(LOCK_INDEX),--extra-index-url $(url))
+check-image: $(VENV)/.installed ## check that images/requirements.lock matches pyproject.toml (needs PyPI)
+	$(PY) images/lock.py check
 
 GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
 
