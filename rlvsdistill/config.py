@@ -49,7 +49,7 @@ class GRPOFields(ProjectFields):
     reward_scale: str = field(
         default="plus_minus_one", metadata={"help": "plus_minus_one (+1/-1, the paper) or binary (1/0)"}
     )
-    answer_extract: str = field(default="box", metadata={"help": "reward's answer extraction: box, box+fallback, free"})
+    answer_extract: str = field(default="box", metadata={"help": f"reward's answer extraction: {', '.join(EXTRACT_MODES)}"})
     format_reward_weight: float = field(
         default=0.0, metadata={"help": "weight of a format reward (a \\boxed{} answer, and R1 tags); 0 = off"}
     )
@@ -102,7 +102,7 @@ class GenerateConfig(SamplingFields, ProjectFields):
     student_prompt_template: str | None = field(
         default=None, metadata={"help": "template of the prompts written for the student (default: prompt_template)"}
     )
-    answer_extract: str = field(default="box", metadata={"help": "box, box+fallback, or free"})
+    answer_extract: str = field(default="box", metadata={"help": f"answer extraction: {', '.join(EXTRACT_MODES)}"})
     keep: str = field(default="correct", metadata={"help": "correct (the paper) or all samples"})
     student_results: str | None = field(
         default=None,
@@ -123,7 +123,7 @@ class EvalConfig(SamplingFields, ProjectFields):
         default=None, metadata={"help": "this process's shard (default: $JOB_COMPLETION_INDEX, else 0)"}
     )
     part_size: int = field(default=8, metadata={"help": "problems per atomically written part (the resume unit)"})
-    answer_extract: str = field(default="box", metadata={"help": "box (the paper's 'with format'), box+fallback, free"})
+    answer_extract: str = field(default="box", metadata={"help": f"box (the paper's 'with format'), or: {', '.join(EXTRACT_MODES)}"})
     ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
     grade_workers: int | None = field(default=None, metadata={"help": "grading processes (default: CPUs)"})
     merge_wait_seconds: int = field(
