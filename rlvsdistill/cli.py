@@ -78,7 +78,10 @@ CONFIG_COMMANDS = {
     "grpo": ("grpo", "rlvsdistill.train.grpo:main", "GRPO (RLVR) training with TRL"),
     "sft": ("sft", "rlvsdistill.train.sft:main", "SFT distillation with TRL (loss on completions only)"),
     "generate": ("generate", "rlvsdistill.train.generate:main",
-                 "sample a teacher n times per problem, grade, and write distillation data"),
+                 "sample a teacher n times per problem (one shard), grade, and with one shard also merge and "
+                 "write the filtered distillation data"),
+    "generate-merge": ("generate", "rlvsdistill.train.generate:merge_main",
+                       "merge a teacher's shards, then filter them into the distillation data"),
     "eval": ("eval", "rlvsdistill.evaluate:main",
              "sample n per problem (one shard), grade, and with one shard also merge and summarize"),
     "eval-merge": ("eval", "rlvsdistill.evaluate:merge_main",

@@ -43,13 +43,27 @@ class ProjectFields:
 
 
 @dataclass
-class GRPOFields(ProjectFields):
+class BatchFields:
+    """What a training config means its global batch to be, checked against the processes it runs on."""
+
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "the global batch this config means (GRPO: completions, SFT: sequences per optimizer step) "
+                  "= per_device_train_batch_size x gradient_accumulation_steps x processes; submit and the "
+                  "trainer refuse to run when the cluster's process count gives another value; unset = unchecked"},
+    )
+
+
+@dataclass
+class GRPOFields(BatchFields, ProjectFields):
     """GRPO-only project fields."""
 
     reward_scale: str = field(
         default="plus_minus_one", metadata={"help": "plus_minus_one (+1/-1, the paper) or binary (1/0)"}
     )
-    answer_extract: str = field(default="box", metadata={"help": f"reward's answer extraction: {', '.join(EXTRACT_MODES)}"})
+    answer_extract: str = field(
+        default="box", metadata={"help": f"reward's answer extraction: {', '.join(EXTRACT_MODES)}"}
+    )
     format_reward_weight: float = field(
         default=0.0, metadata={"help": "weight of a format reward (a \\boxed{} answer, and R1 tags); 0 = off"}
     )
@@ -62,7 +76,7 @@ class GRPOFields(ProjectFields):
 
 
 @dataclass
-class SFTFields(ProjectFields):
+class SFTFields(BatchFields, ProjectFields):
     """SFT-only project fields (the dataset is a JSONL of prompt/completion pairs from `rlvsdistill generate`)."""
 
     dataset_name: str = field(default="", metadata={"help": "JSONL of {prompt, completion} records"})
@@ -95,8 +109,25 @@ class SamplingFields:
 
 
 @dataclass
-class GenerateConfig(SamplingFields, ProjectFields):
-    """`rlvsdistill generate`: sample a teacher, grade, filter, write distillation data."""
+class ShardedRunFields:
+    """A sampling run split over the pods of an indexed Job: shards of problems, resumable parts, one merge."""
+
+    output_dir: str = field(default="", metadata={"help": "the run directory (relative: under $RLVSDISTILL_ROOT)"})
+    num_shards: int = field(default=1, metadata={"help": "problem shards (one per pod of an indexed Job)"})
+    shard_index: int | None = field(
+        default=None, metadata={"help": "this process's shard (default: $JOB_COMPLETION_INDEX, else 0)"}
+    )
+    part_size: int = field(default=8, metadata={"help": "problems per atomically written part (the resume unit)"})
+    ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
+    grade_workers: int | None = field(default=None, metadata={"help": "grading processes (default: CPUs)"})
+    merge_wait_seconds: int = field(
+        default=0, metadata={"help": "the merge waits up to this long for every shard to finish (a merge Job)"}
+    )
+
+
+@dataclass
+class GenerateConfig(SamplingFields, ShardedRunFields, ProjectFields):
+    """`rlvsdistill generate`: sample a teacher (sharded like eval), grade, merge, filter, write distillation data."""
 
     output_file: str = field(default="", metadata={"help": "the JSONL of prompt/completion records to write"})
     student_prompt_template: str | None = field(
@@ -111,23 +142,18 @@ class GenerateConfig(SamplingFields, ProjectFields):
     )
     max_per_problem: int | None = field(default=None, metadata={"help": "at most this many kept samples per problem"})
 
+    def __post_init__(self):
+        if not self.output_dir and self.output_file:  # the samples' run directory, beside the output file
+            self.output_dir = str(Path(self.output_file).with_suffix("")) + ".samples"
+
 
 @dataclass
-class EvalConfig(SamplingFields, ProjectFields):
+class EvalConfig(SamplingFields, ShardedRunFields, ProjectFields):
     """`rlvsdistill eval`: n samples per problem, sharded and resumable, graded, summarized."""
 
     dataset_name: str = field(default="math500", metadata={"help": "math500, math_train, or a .jsonl/.parquet path"})
-    output_dir: str = field(default="", metadata={"help": "the run directory (relative: under $RLVSDISTILL_ROOT)"})
-    num_shards: int = field(default=1, metadata={"help": "problem shards (one per pod of an indexed Job)"})
-    shard_index: int | None = field(
-        default=None, metadata={"help": "this process's shard (default: $JOB_COMPLETION_INDEX, else 0)"}
-    )
-    part_size: int = field(default=8, metadata={"help": "problems per atomically written part (the resume unit)"})
-    answer_extract: str = field(default="box", metadata={"help": f"box (the paper's 'with format'), or: {', '.join(EXTRACT_MODES)}"})
-    ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
-    grade_workers: int | None = field(default=None, metadata={"help": "grading processes (default: CPUs)"})
-    merge_wait_seconds: int = field(
-        default=0, metadata={"help": "eval-merge waits up to this long for every shard to finish (a merge Job)"}
+    answer_extract: str = field(
+        default="box", metadata={"help": f"box (the paper's 'with format'), or: {', '.join(EXTRACT_MODES)}"}
     )
 
 
@@ -230,10 +256,10 @@ def check_values(kind: str, values: dict[str, Any], hardware: bool = True) -> li
         problems += _check_grpo(values)
     if kind in ("generate", "eval"):
         problems += _check_sampling(values)
+    if kind in ("generate", "eval"):
+        problems += _check_sharded_run(kind, values, hardware)
     if kind == "generate":
         problems += _check_generate(values, hardware)
-    if kind == "eval":
-        problems += _check_eval(values, hardware)
     return problems
 
 
@@ -249,9 +275,9 @@ def _check_sampling(values: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _check_eval(values: dict[str, Any], hardware: bool) -> list[str]:
+def _check_sharded_run(kind: str, values: dict[str, Any], hardware: bool) -> list[str]:
     problems = []
-    if not values.get("output_dir"):
+    if kind == "eval" and not values.get("output_dir"):  # generate's defaults to beside its output_file
         problems.append("output_dir: required")
     shards, index = values.get("num_shards", 1), values.get("shard_index")
     if not isinstance(shards, int) or shards < 1:
@@ -321,6 +347,23 @@ def _check_grpo(values: dict[str, Any]) -> list[str]:
     if values.get("vllm_mode", "colocate") not in ("colocate", "server"):
         problems.append("vllm_mode: expected colocate or server")
     return problems
+
+
+def global_batch_problems(values: dict[str, Any], processes: int) -> list[str]:
+    """A problem line when ``global_batch_size`` is set and ``processes`` training processes give another value."""
+    intended = values.get("global_batch_size")
+    if intended is None:
+        return []
+    per_device = values.get("per_device_train_batch_size", 8)
+    accumulation = values.get("gradient_accumulation_steps", 1)
+    actual = per_device * accumulation * processes
+    if actual == intended:
+        return []
+    hint = ""
+    if intended % (per_device * processes) == 0:
+        hint = f"; gradient_accumulation_steps={intended // (per_device * processes)} gives {intended} on {processes}"
+    return [f"global_batch_size: the config means {intended}, but per_device_train_batch_size ({per_device}) x "
+            f"gradient_accumulation_steps ({accumulation}) x {processes} processes = {actual}{hint}"]
 
 
 def load_config(kind: str, path: str | os.PathLike, overrides: list[str] | None = None):

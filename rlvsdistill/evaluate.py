@@ -22,6 +22,7 @@ from .grading import GraderPool
 from .io import UserError, read_jsonl, write_json, write_jsonl
 from .paths import (
     SAMPLES_FILE,
+    SHARD_IDENTITY,
     SUMMARY_FILE,
     is_complete,
     mark_complete,
@@ -69,18 +70,61 @@ def _records(part: list[Problem], completions: list[list[Completion]], verdicts)
     return rows
 
 
-def run_shard(cfg, generator=None) -> Path:
-    """Generate and grade this process's shard; returns the shard directory (marked complete)."""
+# What makes two shards parts of the same run: a part made with other values is not a part of this run.
+IDENTITY_KEYS = ("model_name_or_path", "model_revision", "dataset_name", "dataset_split", "max_problems",
+                 "prompt_template", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "answer_extract",
+                 "num_shards", "part_size")
+
+
+def run_identity(cfg) -> dict:
+    """The settings a shard's samples depend on (saved in each shard, compared on resume and merge)."""
+    return {key: getattr(cfg, key) for key in IDENTITY_KEYS}
+
+
+def check_identity(shard: Path, cfg) -> None:
+    """Refuse a shard written by a run with other sampling settings, naming the file and the keys that differ."""
+    path = shard / SHARD_IDENTITY
+    if not path.is_file():
+        return
+    try:
+        theirs = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc.msg}); remove the shard to redo it") from None
+    ours = json.loads(json.dumps(run_identity(cfg)))
+    diff = [f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in IDENTITY_KEYS if theirs.get(k) != ours[k]]
+    if diff:
+        raise UserError(f"{path}: this shard belongs to another run ({'; '.join(diff)}); use another output_dir, "
+                        "or remove the shard to redo it")
+
+
+def check_part(path: Path, expected: int) -> None:
+    """Refuse a finished part that does not hold ``expected`` whole records (a copy cut short, an edited file)."""
+    data = path.read_bytes()
+    lines = data.count(b"\n")
+    if lines != expected or not data.endswith(b"\n"):
+        raise UserError(f"{path}: {lines} complete record(s), expected {expected} (truncated?); remove it and "
+                        "run the shard again to regenerate that part")
+
+
+def run_shard(cfg, generator=None, kind: str = "eval") -> Path:
+    """Generate and grade this process's shard; returns the shard directory (marked complete).
+
+    Finished parts are skipped (after checking that they are whole and that the shard belongs to this run).
+    """
     run_dir = resolve_output_dir(cfg.output_dir)
     index = shard_index(cfg)
     problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
     mine = shard_problems(problems, index, cfg.num_shards)
     shard = shard_dir(run_dir, index, cfg.num_shards)
+    check_identity(shard, cfg)
     shard.mkdir(parents=True, exist_ok=True)
+    write_json(shard / SHARD_IDENTITY, run_identity(cfg))
     if index == 0:
-        write_run_record(run_dir, "eval", cfg)
+        write_run_record(run_dir, kind, cfg)
     parts = [mine[i:i + cfg.part_size] for i in range(0, len(mine), cfg.part_size)]
     todo = [i for i in range(len(parts)) if not part_file(shard, i).exists()]
+    for i in set(range(len(parts))) - set(todo):
+        check_part(part_file(shard, i), len(parts[i]) * cfg.n)
     if len(todo) < len(parts):
         logger.info("shard %d: %d of %d parts already finished, skipping them", index, len(parts) - len(todo),
                     len(parts))
@@ -91,7 +135,7 @@ def run_shard(cfg, generator=None) -> Path:
                                                 cfg.tensor_parallel_size, cfg.vllm_max_model_length)
         tokenizer = getattr(generator, "tokenizer", None)
         done = sum(len(parts[i]) for i in range(len(parts)) if i not in todo)
-        progress = Progress(f"eval shard {index}", len(mine), done, scale=cfg.n, unit="samples")
+        progress = Progress(f"{kind} shard {index}", len(mine), done, scale=cfg.n, unit="samples")
         # One grading thread: it feeds the worker processes while this thread generates the next part.
         grader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grade")
         pending: Future | None = None
@@ -139,6 +183,8 @@ def merge(cfg) -> dict:
                     if p.name.startswith("shard-") and not p.name.endswith(f"-of-{cfg.num_shards:05d}"))
     if strays:
         raise UserError(f"{run_dir}/shards: {strays} belong to a run with a different num_shards; remove them")
+    for index in range(cfg.num_shards):
+        check_identity(shard_dir(run_dir, index, cfg.num_shards), cfg)
     problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
     order = {p.id: i for i, p in enumerate(problems)}
     records, seen = [], {}

@@ -18,7 +18,7 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from ..config import check_values, parse_overrides, read_yaml
+from ..config import check_values, global_batch_problems, parse_overrides, read_yaml
 from ..io import UserError
 from .settings import DNS_LABEL, QUANTITY, ClusterSettings
 
@@ -44,6 +44,7 @@ class Run:
     image: str
     image_tag: str
     cluster_path: str | None = None  # where the settings came from (for the manifest header only)
+    overrides: tuple[str, ...] = ()  # the KEY=VALUE overrides given (for the manifest header only)
 
     @property
     def config_hash(self) -> str:
@@ -87,6 +88,8 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
                         " the results would vanish with the pod")
     if kind == "grpo":
         problems += _grpo_cluster_problems(values, settings, config_path)
+    if kind in ("grpo", "sft"):
+        problems += [f"{config_path}: {p}" for p in global_batch_problems(values, training_processes(kind, settings))]
     if problems:
         raise UserError(f"cannot render {kind} run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     if kind == "grpo" and settings.vllm_gpus:
@@ -96,7 +99,14 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     if kind == "eval":
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
     return Run(kind, name, config_path, values, settings, f"{settings.image_repository}:{image_tag}", image_tag,
-               cluster_path)
+               cluster_path, tuple(overrides))
+
+
+def training_processes(kind: str, settings: ClusterSettings) -> int:
+    """Training processes of a GRPO or SFT run: nodes x GPUs per node, less the vLLM sidecar's GPUs on each node."""
+    if kind == "grpo":
+        return settings.grpo_nodes * (settings.grpo_gpus_per_node - settings.vllm_gpus)
+    return settings.sft_nodes * settings.sft_gpus_per_node
 
 
 def _grpo_cluster_problems(values: dict, settings: ClusterSettings, where: str) -> list[str]:
@@ -271,7 +281,7 @@ def training_objects(run: Run) -> list[dict]:
     nodes, per_node = (s.grpo_nodes, s.grpo_gpus_per_node) if run.kind == "grpo" else (s.sft_nodes,
                                                                                         s.sft_gpus_per_node)
     vllm = s.vllm_gpus if run.kind == "grpo" else 0
-    train_gpus = per_node - vllm  # the same on every node: accelerate runs equal process counts per machine
+    train_gpus = training_processes(run.kind, s) // nodes  # equal on every node: accelerate's process layout
     sidecars = [vllm_sidecar(run)] if vllm else None
     command = _launch(run, train_gpus, nodes)
     if nodes == 1:
@@ -353,6 +363,7 @@ def to_yaml(run: Run, objects: list[dict]) -> str:
     container_name = "pytorch" if any(o["kind"] == "PyTorchJob" for o in objects) else (
         run.kind if run.kind in ("eval", "generate") else "trainer")
     cluster = f" --cluster {run.cluster_path}" if run.cluster_path else ""
+    cluster += "".join(f" {o}" for o in run.overrides)
     header = [
         f"# rlvsdistill {run.kind} run '{run.name}' from {run.config_path}, image {run.image} "
         f"(config hash {run.config_hash})",
