@@ -84,7 +84,7 @@ lint-image: $(VENV)/.installed ## lint images/Dockerfile with hadolint
 check-image: $(VENV)/.installed ## check that the image's pinned set resolves for CUDA / CPython 3.12 (needs PyPI)
 	$(PY) images/check_resolves.py
 
-GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
+GENERATE_CONFIG ?= configs/paper/generate_qwq32b_for_qwen2.5_math_1.5b.yaml
 
 .PHONY: submit-grpo submit-sft submit-eval submit-generate
 submit-grpo: $(VENV)/.installed ## submit a GRPO run (CONFIG, CLUSTER, IMAGE_TAG, NAMESPACE)

@@ -82,10 +82,10 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     if len(name) > NAME_MAX or not DNS_LABEL.fullmatch(name):
         problems.append(f"--name: {name!r} is not a valid run name (lower case letters, digits and '-', "
                         f"starting and ending with a letter or digit, at most {NAME_MAX} characters)")
-    out_key = "output_file" if kind == "generate" else "output_dir"
-    if values.get(out_key) and not _in_volume(str(values[out_key]), settings):
-        problems.append(f"{config_path}: {out_key}: {values[out_key]} is outside the volume ({settings.mount_path});"
-                        " the results would vanish with the pod")
+    for out_key in ("output_file", "output_dir"):
+        if values.get(out_key) and not _in_volume(str(values[out_key]), settings):
+            problems.append(f"{config_path}: {out_key}: {values[out_key]} is outside the volume "
+                            f"({settings.mount_path}); the results would vanish with the pod")
     if kind == "grpo":
         problems += _grpo_cluster_problems(values, settings, config_path)
     if kind in ("grpo", "sft"):
@@ -96,7 +96,7 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
         # The sidecar's address is the cluster's business: the trainer reaches it on localhost.
         values.update(use_vllm=True, vllm_mode="server", vllm_server_host="127.0.0.1",
                       vllm_server_port=settings.vllm_port)
-    if kind == "eval":
+    if kind in ("eval", "generate"):
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
     return Run(kind, name, config_path, values, settings, f"{settings.image_repository}:{image_tag}", image_tag,
                cluster_path, tuple(overrides))
@@ -314,33 +314,26 @@ def _sampling_gpus(cfg: dict) -> int:
     return cfg.get("tensor_parallel_size", 1) if cfg.get("backend", "auto") != "hf" else 0
 
 
-def generate_objects(run: Run) -> list[dict]:
-    """Teacher sampling for distillation: one Job on the teacher's tensor-parallel GPUs."""
-    command = ["rlvsdistill", "generate", "--config", CONFIG_FILE]
-    template = pod_template(run, [container(run, "generate", command, _sampling_gpus(run.config))])
-    return [config_map(run), _job(run, run.name, template)]
-
-
-def eval_objects(run: Run) -> list[dict]:
-    """An Indexed Job running one shard per pod, and a merge Job that waits for every shard's marker."""
+def sharded_objects(run: Run) -> list[dict]:
+    """Eval or teacher sampling: an Indexed Job running one shard per pod, and a merge Job that waits for every
+    shard's marker (``eval-merge`` / ``generate-merge``)."""
     cfg, s = run.config, run.settings
     shards = cfg.get("num_shards", 1)
     gpus = _sampling_gpus(cfg)
-    shard_pod = pod_template(run, [container(run, "eval", ["rlvsdistill", "eval", "--config", CONFIG_FILE], gpus)])
+    shard_pod = pod_template(run, [container(run, run.kind, ["rlvsdistill", run.kind, "--config", CONFIG_FILE],
+                                             gpus)])
     shards_job = _job(run, run.name, shard_pod, completionMode="Indexed", completions=shards,
                       parallelism=min(s.eval_parallelism, shards), backoffLimitPerIndex=s.backoff_limit)
     del shards_job["spec"]["backoffLimit"]  # per index instead: a failing shard does not use up the others' retries
-    merge_pod = pod_template(run, [container(run, "merge", ["rlvsdistill", "eval-merge", "--config", CONFIG_FILE],
-                                             0)])
+    merge_pod = pod_template(run, [container(run, "merge", ["rlvsdistill", f"{run.kind}-merge", "--config",
+                                                            CONFIG_FILE], 0)])
     return [config_map(run), shards_job, _job(run, f"{run.name}-merge", merge_pod)]
 
 
 def render_objects(run: Run) -> list[dict]:
     """The run's objects, in the order they are created."""
-    if run.kind == "eval":
-        return eval_objects(run)
-    if run.kind == "generate":
-        return generate_objects(run)
+    if run.kind in ("eval", "generate"):
+        return sharded_objects(run)
     return training_objects(run)
 
 
