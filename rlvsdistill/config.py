@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from trl import GRPOConfig, SFTConfig
 
-from .data import PROMPT_TEMPLATES
+from .data import DATASETS, PROMPT_TEMPLATES
 from .grading import EXTRACT_MODES
 from .io import UserError
 
@@ -32,7 +32,7 @@ class ProjectFields:
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision (commit) of the model"})
     dataset_name: str = field(
         default="math_train",
-        metadata={"help": "math_train, math500, or a local .jsonl/.parquet path (MATH format)"},
+        metadata={"help": f"{', '.join(DATASETS)}, or a local .jsonl/.parquet path (MATH format)"},
     )
     dataset_split: str | None = field(default=None, metadata={"help": "split of a Hub dataset (default: its own)"})
     max_problems: int | None = field(default=None, metadata={"help": "use only the first N problems (tests, demos)"})
@@ -151,7 +151,9 @@ class GenerateConfig(SamplingFields, ShardedRunFields, ProjectFields):
 class EvalConfig(SamplingFields, ShardedRunFields, ProjectFields):
     """`rlvsdistill eval`: n samples per problem, sharded and resumable, graded, summarized."""
 
-    dataset_name: str = field(default="math500", metadata={"help": "math500, math_train, or a .jsonl/.parquet path"})
+    dataset_name: str = field(
+        default="math500", metadata={"help": f"{', '.join(DATASETS)}, or a .jsonl/.parquet path"}
+    )
     answer_extract: str = field(
         default="box", metadata={"help": f"box (the paper's 'with format'), or: {', '.join(EXTRACT_MODES)}"}
     )
@@ -242,8 +244,8 @@ def check_values(kind: str, values: dict[str, Any], hardware: bool = True) -> li
     dataset = str(values.get("dataset_name", "math_train" if kind == "grpo" else ""))
     if kind == "sft" and not dataset:
         problems.append("dataset_name: required (a JSONL of prompt/completion records)")
-    elif dataset not in ("math_train", "math500") and not dataset.endswith((".jsonl", ".parquet")):
-        problems.append(f"dataset_name: {dataset!r} is neither math_train, math500 nor a .jsonl/.parquet path")
+    elif dataset not in DATASETS and not dataset.endswith((".jsonl", ".parquet")):
+        problems.append(f"dataset_name: {dataset!r} is neither {', '.join(DATASETS)} nor a .jsonl/.parquet path")
     elif hardware and dataset.endswith((".jsonl", ".parquet")) and not Path(dataset).exists():
         problems.append(f"dataset_name: {dataset} does not exist")
     model = str(values.get("model_name_or_path", ""))
