@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import ROOT
-from rlvsdistill.demo import make_problem, write_task
+from conftest import ROOT, run_cli
+from rlvsdistill.demo import CONFIGS, make_problem, write_task
 
 
 def test_task_is_exactly_gradable_and_splits_are_disjoint(tmp_path):
@@ -30,6 +30,25 @@ def test_task_is_exactly_gradable_and_splits_are_disjoint(tmp_path):
     test_problems = {r["problem"] for r in splits["test"]}
     assert not test_problems & {r["problem"] for r in splits["train"]} and not test_problems & set(pretrain)
     assert {r["level"] for r in splits["test"]} == {1, 2, 3, 4}
+
+
+@pytest.mark.slow
+def test_sampling_stages_are_deterministic_on_one_machine(tmp_path, tiny_model):
+    """The demo's eval and generate stages, run twice with the same seed in fresh processes, write identical
+    samples.jsonl (and distillation data): on one machine a demo's numbers do not move between runs."""
+    write_task(tmp_path / "task", pretrain=10, train=6, test=6)
+    common = [f"model_name_or_path={tiny_model}", "n=3", "max_tokens=16"]
+    for run in ("a", "b"):
+        evaluation = run_cli("-m", "rlvsdistill", "eval", "--config", str(CONFIGS / "eval.yaml"), *common,
+                             f"dataset_name={tmp_path}/task/test.jsonl", f"output_dir={tmp_path}/{run}/eval")
+        assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+        generate = run_cli("-m", "rlvsdistill", "generate", "--config", str(CONFIGS / "generate_teacher.yaml"),
+                           *common, "keep=all", f"dataset_name={tmp_path}/task/train.jsonl",
+                           f"output_file={tmp_path}/{run}/distill.jsonl")
+        assert generate.returncode == 0, generate.stderr[-2000:]
+    for name in ("eval/samples.jsonl", "distill.samples/samples.jsonl", "distill.jsonl"):
+        first, second = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+        assert first and first == second, name
 
 
 @pytest.mark.slow
@@ -52,6 +71,9 @@ def test_quick_demo_killed_midway_resumes_and_ends_with_a_true_report(tmp_path):
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     for stage in ("base-init", "teacher-init", "base"):
         assert f"{stage}: done earlier, skipped" in second.stdout  # finished stages are not redone
+    distilled = (demo / "distill.jsonl").read_text().splitlines()
+    assert distilled, "the demo distilled nothing"  # never empty: a teacher that solves nothing is trained further
+    assert json.loads((demo / "distill.jsonl.summary.json").read_text())["kept"] == len(distilled)
     for artifact in ("task/test.jsonl", "teacher/final/.complete", "distill.jsonl", "distilled/final/.complete",
                      "grpo/final/.complete", "eval-base/.complete", "eval-distilled/.complete",
                      "eval-grpo/.complete", "report/report.md", "report/pass_at_k.png", "report/success_by_bin.png"):
