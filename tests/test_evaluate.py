@@ -121,7 +121,8 @@ def test_report_on_two_runs(tmp_path, unsharded, tiny_model, sevens):
 
 BAD_EVAL = [
     # (change, fragment of the error)
-    ({"dataset_name": "gsm8k"}, "dataset_name: 'gsm8k' is neither math500, math_train, aime2025 nor a .jsonl/.parquet path"),
+    ({"dataset_name": "gsm8k"},
+     "dataset_name: 'gsm8k' is neither math500, math_train, aime2025 nor a .jsonl/.parquet path"),
     ({"model_name_or_path": "/nonexistent/model"}, "model_name_or_path: /nonexistent/model does not exist"),
     ({"ks": [1, 8]}, "ks: pass@8 needs at least 8 samples per problem, but n = 4"),
     ({"shard_index": 2, "num_shards": 2}, "shard_index: 2 is outside 0..1"),
