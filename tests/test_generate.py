@@ -83,7 +83,7 @@ def test_generate_refuses_a_shard_of_another_run_and_a_truncated_part(tmp_path, 
 def test_a_teacher_that_keeps_nothing_writes_no_file_and_says_why(tmp_path, tiny_model, sevens):
     values = gen_values(tiny_model, sevens / "problems.jsonl", tmp_path, max_problems=2, max_tokens=4,
                         keep="correct")  # an untrained model: nothing correct
-    with pytest.raises(UserError, match="no sample passed the filters .* 6 sampled, 6 incorrect"):
+    with pytest.raises(UserError, match=r"no sample passed the filters \(6 sampled, 6 incorrect"):
         generate(config(tmp_path, "g", values))
     assert not (tmp_path / "distill.jsonl").exists()  # the demo's marker for this stage stays absent
     assert json.loads((tmp_path / "distill.jsonl.summary.json").read_text())["dropped_incorrect"] == 6
