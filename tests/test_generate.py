@@ -2,14 +2,10 @@
 filters after it; a killed shard resumes without redoing its finished parts; bad shards are named."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import ROOT, run_cli, write_yaml
+from conftest import kill_shard_after_first_part, run_cli, write_yaml
 from rlvsdistill.config import load_config
 from rlvsdistill.io import UserError
 from rlvsdistill.train.generate import main as generate
@@ -32,15 +28,7 @@ def test_sharded_generate_killed_resumes_and_merges_to_the_unsharded_output(tmp_
     values = gen_values(tiny_model, sevens / "problems.jsonl", tmp_path, num_shards=2)
     cfg_path = write_yaml(tmp_path / "gen.yaml", values)
     shard0 = tmp_path / "distill.samples" / "shards" / "shard-00000-of-00002"
-    cmd = [sys.executable, "-m", "rlvsdistill", "generate", "--config", str(cfg_path), "shard_index=0"]
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while not (shard0 / "part-00000.jsonl").exists():
-        assert first.poll() is None and time.monotonic() < deadline, "shard 0 ended before its first part"
-        time.sleep(0.01)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert not (shard0 / ".complete").exists()  # killed midway
+    kill_shard_after_first_part("generate", cfg_path, shard0)
     finished = {p.name: p.stat().st_mtime_ns for p in shard0.glob("part-*.jsonl")}
     rerun = run_cli("-m", "rlvsdistill", "generate", "--config", str(cfg_path), "shard_index=0")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
