@@ -222,3 +222,19 @@ def test_image_requirements_resolve_for_cuda():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "torch==2.13.0" in proc.stdout and "vllm==0.31.0" in proc.stdout
+
+
+@pytest.mark.parametrize("kind,config,shards", [
+    ("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", 4),
+    ("generate", "configs/paper/generate_qwq32b_for_qwen2.5_math_1.5b.yaml", 16),
+])
+def test_sampling_runs_as_an_indexed_job_and_a_merge_job(kind, config, shards):
+    """Eval and teacher sampling (issue 12): one pod per shard of an Indexed Job, then `<kind>-merge`."""
+    settings = load_settings("configs/cluster/single-node.yaml")
+    _, job, merge_job = render_objects(prepare_run(kind, config, [], settings, "t1"))
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", shards)
+    [worker] = job["spec"]["template"]["spec"]["containers"]
+    assert worker["command"][:2] == ["rlvsdistill", kind]
+    [merger] = merge_job["spec"]["template"]["spec"]["containers"]
+    assert merger["command"][:2] == ["rlvsdistill", f"{kind}-merge"]
+    assert "nvidia.com/gpu" not in merger["resources"].get("limits", {})  # the merge needs no GPU
