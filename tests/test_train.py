@@ -190,3 +190,16 @@ def test_zero3_two_cpu_processes_partition_parameters(tmp_path, tiny_model, seve
     assert len(sizes) == 2  # one optimizer partition per process
     assert sum(sizes) >= total and max(sizes) <= total / 2 + 64  # each holds half (plus alignment padding)
     assert (out / "final" / ".complete").is_file()
+
+
+def test_trainer_refuses_a_global_batch_its_processes_do_not_make(tmp_path, tiny_model, sevens):
+    """global_batch_size is checked against the processes actually launched, before anything is written."""
+    from rlvsdistill.config import load_config
+    from rlvsdistill.io import UserError
+    from rlvsdistill.train.sft import main as sft
+
+    values = sft_values(tiny_model, sevens / "sft.jsonl", tmp_path / "out", global_batch_size=4,
+                        gradient_accumulation_steps=2)  # 6 per device x 2 x 1 process = 12
+    with pytest.raises(UserError, match=r"global_batch_size: the config means 4, .* = 12 .*launched with 1 process"):
+        sft(load_config("sft", write_yaml(tmp_path / "s.yaml", values)))
+    assert not (tmp_path / "out").exists()
