@@ -92,3 +92,18 @@ def test_quick_demo_killed_midway_resumes_and_ends_with_a_true_report(tmp_path):
 
     third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 11  # nothing is redone
+
+
+def test_a_teacher_that_never_solves_anything_stops_the_demo_with_what_to_do(tmp_path):
+    """After its extra training rounds, a teacher whose samples still give nothing to distil stops the demo with
+    a message that says what happened and what to do (the rounds themselves run in the quick demo when needed)."""
+    from rlvsdistill.demo import TEACHER_ROUNDS, TEACHER_STEPS, _train_teacher_further
+    from rlvsdistill.io import UserError
+    from rlvsdistill.paths import mark_complete
+
+    steps = TEACHER_STEPS[True] * (1 + TEACHER_ROUNDS)
+    last = tmp_path / "teacher" / f"checkpoint-{steps}"
+    last.mkdir(parents=True)
+    mark_complete(last)
+    with pytest.raises(UserError, match=rf"still solves none of the training problems .* after {steps} training steps"):
+        _train_teacher_further(tmp_path, True, tmp_path / "logs", "[5/11] distill-data", out=sys.stdout)
