@@ -47,9 +47,12 @@ def _add_grade(sub) -> None:
     p.add_argument("input", help="JSONL file of responses")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--problems", help="problem set JSONL (MATH-500 format) to look gold answers up by id")
-    p.add_argument("--extract", default="box+fallback", choices=("box", "box+fallback", "free"),
+    from .grading import EXTRACT_MODES
+
+    p.add_argument("--extract", default="box+fallback", choices=EXTRACT_MODES,
                    help="where to find the answer: the last box; the last box, else the response's end "
-                   "(counted separately); or math-verify's extraction over the whole response ('without format')")
+                   "(counted separately); the last box, else math-verify's extraction over the whole response "
+                   "(box+free: the released code's reward); or that extraction alone ('without format')")
     p.add_argument("--order", default="gold_first", choices=("gold_first", "pred_first"),
                    help="argument order of math-verify's verify(); pred_first is the paper's code (default: %(default)s)")
     p.add_argument("--workers", type=int,
@@ -82,7 +85,10 @@ CONFIG_COMMANDS = {
     "grpo": ("grpo", "rlvsdistill.train.grpo:main", "GRPO (RLVR) training with TRL"),
     "sft": ("sft", "rlvsdistill.train.sft:main", "SFT distillation with TRL (loss on completions only)"),
     "generate": ("generate", "rlvsdistill.train.generate:main",
-                 "sample a teacher n times per problem, grade, and write distillation data"),
+                 "sample a teacher n times per problem (one shard), grade, and with one shard also merge and "
+                 "write the filtered distillation data"),
+    "generate-merge": ("generate", "rlvsdistill.train.generate:merge_main",
+                       "merge a teacher's shards, then filter them into the distillation data"),
     "eval": ("eval", "rlvsdistill.evaluate:main",
              "sample n per problem (one shard), grade, and with one shard also merge and summarize"),
     "eval-merge": ("eval", "rlvsdistill.evaluate:merge_main",

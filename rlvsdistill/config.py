@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .data import PROMPT_TEMPLATES
+from .data import DATASETS, PROMPT_TEMPLATES
 from .grading import EXTRACT_MODES
 from .io import UserError
 
@@ -38,7 +38,7 @@ class ProjectFields:
     model_revision: str | None = field(default=None, metadata={"help": "Hub revision (commit) of the model"})
     dataset_name: str = field(
         default="math_train",
-        metadata={"help": "math_train, math500, or a local .jsonl/.parquet path (MATH format)"},
+        metadata={"help": f"{', '.join(DATASETS)}, or a local .jsonl/.parquet path (MATH format)"},
     )
     dataset_split: str | None = field(default=None, metadata={"help": "split of a Hub dataset (default: its own)"})
     max_problems: int | None = field(default=None, metadata={"help": "use only the first N problems (tests, demos)"})
@@ -49,13 +49,27 @@ class ProjectFields:
 
 
 @dataclass
-class GRPOFields(ProjectFields):
+class BatchFields:
+    """What a training config means its global batch to be, checked against the processes it runs on."""
+
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "the global batch this config means (GRPO: completions, SFT: sequences per optimizer step) "
+                  "= per_device_train_batch_size x gradient_accumulation_steps x processes; submit and the "
+                  "trainer refuse to run when the cluster's process count gives another value; unset = unchecked"},
+    )
+
+
+@dataclass
+class GRPOFields(BatchFields, ProjectFields):
     """GRPO-only project fields."""
 
     reward_scale: str = field(
         default="plus_minus_one", metadata={"help": "plus_minus_one (+1/-1, the paper) or binary (1/0)"}
     )
-    answer_extract: str = field(default="box", metadata={"help": "reward's answer extraction: box, box+fallback, free"})
+    answer_extract: str = field(
+        default="box", metadata={"help": f"reward's answer extraction: {', '.join(EXTRACT_MODES)}"}
+    )
     format_reward_weight: float = field(
         default=0.0, metadata={"help": "weight of a format reward (a \\boxed{} answer, and R1 tags); 0 = off"}
     )
@@ -69,7 +83,7 @@ class GRPOFields(ProjectFields):
 
 
 @dataclass
-class SFTFields(ProjectFields):
+class SFTFields(BatchFields, ProjectFields):
     """SFT-only project fields (the dataset is a JSONL of prompt/completion pairs from `rlvsdistill generate`)."""
 
     dataset_name: str = field(default="", metadata={"help": "JSONL of {prompt, completion} records"})
@@ -118,14 +132,31 @@ class SamplingFields:
 
 
 @dataclass
-class GenerateConfig(SamplingFields, ProjectFields):
-    """`rlvsdistill generate`: sample a teacher, grade, filter, write distillation data."""
+class ShardedRunFields:
+    """A sampling run split over the pods of an indexed Job: shards of problems, resumable parts, one merge."""
+
+    output_dir: str = field(default="", metadata={"help": "the run directory (relative: under $RLVSDISTILL_ROOT)"})
+    num_shards: int = field(default=1, metadata={"help": "problem shards (one per pod of an indexed Job)"})
+    shard_index: int | None = field(
+        default=None, metadata={"help": "this process's shard (default: $JOB_COMPLETION_INDEX, else 0)"}
+    )
+    part_size: int = field(default=8, metadata={"help": "problems per atomically written part (the resume unit)"})
+    ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
+    grader_workers: int | None = field(default=None, metadata={"help": GRADER_WORKERS_HELP})
+    merge_wait_seconds: int = field(
+        default=0, metadata={"help": "the merge waits up to this long for every shard to finish (a merge Job)"}
+    )
+
+
+@dataclass
+class GenerateConfig(SamplingFields, ShardedRunFields, ProjectFields):
+    """`rlvsdistill generate`: sample a teacher (sharded like eval), grade, merge, filter, write distillation data."""
 
     output_file: str = field(default="", metadata={"help": "the JSONL of prompt/completion records to write"})
     student_prompt_template: str | None = field(
         default=None, metadata={"help": "template of the prompts written for the student (default: prompt_template)"}
     )
-    answer_extract: str = field(default="box", metadata={"help": "box, box+fallback, or free"})
+    answer_extract: str = field(default="box", metadata={"help": f"answer extraction: {', '.join(EXTRACT_MODES)}"})
     keep: str = field(default="correct", metadata={"help": "correct (the paper) or all samples"})
     student_results: str | None = field(
         default=None,
@@ -134,23 +165,20 @@ class GenerateConfig(SamplingFields, ProjectFields):
     )
     max_per_problem: int | None = field(default=None, metadata={"help": "at most this many kept samples per problem"})
 
+    def __post_init__(self):
+        if not self.output_dir and self.output_file:  # the samples' run directory, beside the output file
+            self.output_dir = str(Path(self.output_file).with_suffix("")) + ".samples"
+
 
 @dataclass
-class EvalConfig(SamplingFields, ProjectFields):
+class EvalConfig(SamplingFields, ShardedRunFields, ProjectFields):
     """`rlvsdistill eval`: n samples per problem, sharded and resumable, graded, summarized."""
 
-    dataset_name: str = field(default="math500", metadata={"help": "math500, math_train, or a .jsonl/.parquet path"})
-    output_dir: str = field(default="", metadata={"help": "the run directory (relative: under $RLVSDISTILL_ROOT)"})
-    num_shards: int = field(default=1, metadata={"help": "problem shards (one per pod of an indexed Job)"})
-    shard_index: int | None = field(
-        default=None, metadata={"help": "this process's shard (default: $JOB_COMPLETION_INDEX, else 0)"}
+    dataset_name: str = field(
+        default="math500", metadata={"help": f"{', '.join(DATASETS)}, or a .jsonl/.parquet path"}
     )
-    part_size: int = field(default=8, metadata={"help": "problems per atomically written part (the resume unit)"})
-    answer_extract: str = field(default="box", metadata={"help": "box (the paper's 'with format'), box+fallback, free"})
-    ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
-    grader_workers: int | None = field(default=None, metadata={"help": GRADER_WORKERS_HELP})
-    merge_wait_seconds: int = field(
-        default=0, metadata={"help": "eval-merge waits up to this long for every shard to finish (a merge Job)"}
+    answer_extract: str = field(
+        default="box", metadata={"help": f"box (the paper's 'with format'), or: {', '.join(EXTRACT_MODES)}"}
     )
 
 
@@ -259,8 +287,8 @@ def check_values(kind: str, values: dict[str, Any], hardware: bool = True) -> li
     dataset = str(values.get("dataset_name", "math_train" if kind == "grpo" else ""))
     if kind == "sft" and not dataset:
         problems.append("dataset_name: required (a JSONL of prompt/completion records)")
-    elif dataset not in ("math_train", "math500") and not dataset.endswith((".jsonl", ".parquet")):
-        problems.append(f"dataset_name: {dataset!r} is neither math_train, math500 nor a .jsonl/.parquet path")
+    elif dataset not in DATASETS and not dataset.endswith((".jsonl", ".parquet")):
+        problems.append(f"dataset_name: {dataset!r} is neither {', '.join(DATASETS)} nor a .jsonl/.parquet path")
     elif hardware and dataset.endswith((".jsonl", ".parquet")) and not Path(dataset).exists():
         problems.append(f"dataset_name: {dataset} does not exist")
     model = str(values.get("model_name_or_path", ""))
@@ -270,17 +298,16 @@ def check_values(kind: str, values: dict[str, Any], hardware: bool = True) -> li
     if hardware and kind in TRL_KINDS and bf16 and not _bf16_supported():
         problems.append("bf16: true, but this machine has no GPU with bf16 support (set bf16: false, use_cpu: true)")
     workers = values.get("grader_workers")
-    if kind in ("grpo", "eval") and workers is not None and (type(workers) is not int or workers < 1):
+    if kind in ("grpo", "eval", "generate") and workers is not None and (type(workers) is not int or workers < 1):
         problems.append(f"grader_workers: {workers!r} must be a positive integer, or unset for the pod's CPU "
                         "request divided by its ranks")
     if kind == "grpo":
         problems += _check_grpo(values)
     if kind in ("generate", "eval"):
         problems += _check_sampling(values)
+        problems += _check_sharded_run(kind, values, hardware)
     if kind == "generate":
         problems += _check_generate(values, hardware)
-    if kind == "eval":
-        problems += _check_eval(values, hardware)
     return problems
 
 
@@ -296,9 +323,9 @@ def _check_sampling(values: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _check_eval(values: dict[str, Any], hardware: bool) -> list[str]:
+def _check_sharded_run(kind: str, values: dict[str, Any], hardware: bool) -> list[str]:
     problems = []
-    if not values.get("output_dir"):
+    if kind == "eval" and not values.get("output_dir"):  # generate's defaults to beside its output_file
         problems.append("output_dir: required")
     shards, index = values.get("num_shards", 1), values.get("shard_index")
     if not isinstance(shards, int) or shards < 1:
@@ -368,6 +395,23 @@ def _check_grpo(values: dict[str, Any]) -> list[str]:
     if values.get("vllm_mode", "colocate") not in ("colocate", "server"):
         problems.append("vllm_mode: expected colocate or server")
     return problems
+
+
+def global_batch_problems(values: dict[str, Any], processes: int) -> list[str]:
+    """A problem line when ``global_batch_size`` is set and ``processes`` training processes give another value."""
+    intended = values.get("global_batch_size")
+    if intended is None:
+        return []
+    per_device = values.get("per_device_train_batch_size", 8)
+    accumulation = values.get("gradient_accumulation_steps", 1)
+    actual = per_device * accumulation * processes
+    if actual == intended:
+        return []
+    hint = ""
+    if intended % (per_device * processes) == 0:
+        hint = f"; gradient_accumulation_steps={intended // (per_device * processes)} gives {intended} on {processes}"
+    return [f"global_batch_size: the config means {intended}, but per_device_train_batch_size ({per_device}) x "
+            f"gradient_accumulation_steps ({accumulation}) x {processes} processes = {actual}{hint}"]
 
 
 def load_config(kind: str, path: str | os.PathLike, overrides: list[str] | None = None):

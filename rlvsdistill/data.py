@@ -110,6 +110,8 @@ DATASETS: dict[str, HubDataset] = {
         ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
          "prealgebra", "precalculus"),
     ),
+    # AIME 2025 I and II (30 problems; fields id, problem, answer), the paper's Figures 15 and 16.
+    "aime2025": HubDataset("yentinglin/aime_2025", "6f71d77b0b89b9dabe07ab466c51df33f514df7f", "train"),
 }
 
 
@@ -121,7 +123,9 @@ def _load_hub(spec: HubDataset, split: str | None) -> list[Problem]:
         ds = load_dataset(spec.id, config, revision=spec.revision, split=split or spec.split)
         for i, rec in enumerate(ds):
             rec = dict(rec)
-            rec.setdefault("unique_id", f"{split or spec.split}/{config or 'all'}/{i}")
+            # The dataset's own id when it has one (AIME's), else the row's position.
+            rec.setdefault("unique_id", rec.get("id") if rec.get("id") is not None
+                           else f"{split or spec.split}/{config or 'all'}/{i}")
             rec["subject"] = rec.get("subject") or rec.get("type")
             problems.append(problem_from_record(rec, f"{spec.id}[{config}] row {i}"))
     return problems
@@ -135,7 +139,7 @@ def _load_parquet(path: Path) -> list[Problem]:
 
 
 def load_problems(name: str, split: str | None = None, max_problems: int | None = None) -> list[Problem]:
-    """Problems of a named Hub dataset (``math_train``, ``math500``) or a local ``.jsonl``/``.parquet`` file."""
+    """Problems of a named Hub dataset (``math_train``, ``math500``, ``aime2025``) or a local .jsonl/.parquet file."""
     if name in DATASETS:
         problems = _load_hub(DATASETS[name], split)
     else:

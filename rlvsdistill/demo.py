@@ -9,6 +9,12 @@ reward (``grpo``), the three models are evaluated with n samples per held-out pr
 (``report``). Each stage is a subprocess whose log goes to ``<root>/demo/logs/``; a stage whose completion marker
 exists is skipped, so an interrupted demo resumes where it stopped.
 
+The demo does not depend on a lucky teacher: floating-point results differ between CPU models, and a teacher that
+solves none of its training problems on some machine would leave nothing to distil. When ``generate`` keeps no
+sample, the teacher is trained further from its last checkpoint (``TEACHER_ROUNDS`` more rounds of the same
+length, each deterministic on one machine) and sampled again; only a teacher that still solves nothing stops the
+demo, with what happened and what to do.
+
 Run: ``make demo`` (or ``rlvsdistill demo [--fresh] [--quick]``).
 """
 
@@ -27,6 +33,9 @@ from .paths import volume_root
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 LEVELS = (1, 2, 3, 4)
+TEACHER_STEPS = {False: 2000, True: 120}  # the teacher's training steps per round (full demo, --quick)
+TEACHER_ROUNDS = 3  # extra rounds when the teacher's samples give nothing to distil
+NOTHING_KEPT = "no sample passed the filters"  # generate's error when the teacher solved nothing
 
 
 def make_problem(rng: random.Random, level: int) -> dict:
@@ -82,7 +91,15 @@ class Stage:
     quick: list[str] = field(default_factory=list)  # overrides for --quick
 
 
-def stages(demo: Path) -> list[Stage]:
+def teacher_stage(demo: Path, steps: int) -> Stage:
+    """The teacher's training to ``steps`` steps (a longer run resumes from the checkpoint a shorter one saved)."""
+    return Stage("teacher", ["sft", "--config", str(CONFIGS / "sft_teacher.yaml"),
+                             f"model_name_or_path={demo}/teacher-init", f"dataset_name={demo}/task/pretrain.jsonl",
+                             f"output_dir={demo}/teacher", f"max_steps={steps}", f"save_steps={steps}"],
+                 "teacher/final/.complete")
+
+
+def stages(demo: Path, quick: bool = False) -> list[Stage]:
     """The demo's steps, in order; paths are rooted at ``demo``."""
     d = str(demo)
 
@@ -105,12 +122,10 @@ def stages(demo: Path) -> list[Stage]:
         Stage("base", ["sft", *cfg("sft_base"), f"model_name_or_path={d}/base-init",
                        f"dataset_name={d}/task/pretrain.jsonl", f"output_dir={d}/base"], "base/final/.complete",
               ["max_steps=60"]),
-        Stage("teacher", ["sft", *cfg("sft_teacher"), f"model_name_or_path={d}/teacher-init",
-                          f"dataset_name={d}/task/pretrain.jsonl", f"output_dir={d}/teacher"],
-              "teacher/final/.complete", ["max_steps=120"]),
+        teacher_stage(demo, TEACHER_STEPS[quick]),
         Stage("distill-data", ["generate", *cfg("generate_teacher"), model("teacher"),
                                f"dataset_name={d}/task/train.jsonl", f"output_file={d}/distill.jsonl"],
-              "distill.jsonl", ["max_problems=24"]),
+              "distill.jsonl", ["max_problems=48"]),
         Stage("distilled", ["sft", *cfg("sft_distill"), model("base"), f"dataset_name={d}/distill.jsonl",
                             f"output_dir={d}/distilled"], "distilled/final/.complete", ["max_steps=10"]),
         Stage("grpo", ["grpo", *cfg("grpo"), model("base"), f"dataset_name={d}/task/train.jsonl",
@@ -123,6 +138,46 @@ def stages(demo: Path) -> list[Stage]:
     ]
 
 
+def _run_stage(stage: Stage, args: list[str], logs: Path, label: str, out) -> tuple[int, Path]:
+    """Run one stage's command, its output to its log; returns (exit code, log)."""
+    print(f"{label}: rlvsdistill {' '.join(args)}", file=out, flush=True)
+    t0 = time.monotonic()
+    log = logs / f"{stage.name}.log"
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "rlvsdistill", *args], stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode == 0:
+        print(f"{label}: finished in {time.monotonic() - t0:.0f}s", file=out, flush=True)
+    return proc.returncode, log
+
+
+def _failed(stage: Stage, code: int, log: Path) -> UserError:
+    tail = log.read_text().splitlines()[-25:]
+    return UserError(f"stage {stage.name} failed (exit {code}); last lines of {log}:\n" + "\n".join(tail))
+
+
+def _train_teacher_further(demo: Path, quick: bool, logs: Path, label: str, out) -> None:
+    """Resume the teacher's training for one more round; raise when the rounds are used up."""
+    from .paths import latest_complete_checkpoint
+
+    per_round = TEACHER_STEPS[quick]
+    last = latest_complete_checkpoint(demo / "teacher")
+    done = int(last.name.split("-")[1]) if last else per_round
+    if done >= per_round * (1 + TEACHER_ROUNDS):
+        raise UserError(
+            f"the demo's teacher still solves none of the training problems it is sampled on after {done} training "
+            f"steps (see {logs}/distill-data.log and {demo}/distill.jsonl.summary.json). The demo's task is "
+            "learnable in far fewer steps on the CPUs it was tried on: check that the tiny model and the task "
+            "were built by this version (`rlvsdistill demo --fresh`), and report the logs if it persists")
+    print(f"{label}: the teacher solved none of its sampled training problems after {done} steps; training it "
+          f"{per_round} more (round {done // per_round + 1} of at most {1 + TEACHER_ROUNDS}), then sampling again",
+          file=out, flush=True)
+    stage = teacher_stage(demo, done + per_round)
+    code, log = _run_stage(stage, stage.args, logs, label, out)
+    if code:
+        raise _failed(stage, code, log)
+    shutil.rmtree(demo / "distill.samples", ignore_errors=True)  # samples of the weaker teacher
+
+
 def run(fresh: bool = False, quick: bool = False, out=sys.stdout) -> Path:
     """Run every unfinished stage in order; returns the report's path."""
     demo = volume_root().resolve() / ("demo-quick" if quick else "demo")
@@ -133,23 +188,19 @@ def run(fresh: bool = False, quick: bool = False, out=sys.stdout) -> Path:
     start = time.monotonic()
     if not (demo / "task" / "test.jsonl").exists():
         write_task(demo / "task", **({"pretrain": 300, "train": 48, "test": 24} if quick else {}))
-    plan = stages(demo)
+    plan = stages(demo, quick)
     for i, stage in enumerate(plan, 1):
         label = f"[{i}/{len(plan)}] {stage.name}"
         if (demo / stage.done).exists():  # a completion marker, or an output written atomically
             print(f"{label}: done earlier, skipped", file=out, flush=True)
             continue
         args = stage.args + (stage.quick if quick else [])
-        print(f"{label}: rlvsdistill {' '.join(args)}", file=out, flush=True)
-        t0 = time.monotonic()
-        log = logs / f"{stage.name}.log"
-        with open(log, "w") as f:
-            proc = subprocess.run([sys.executable, "-m", "rlvsdistill", *args], stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            tail = log.read_text().splitlines()[-25:]
-            raise UserError(f"stage {stage.name} failed (exit {proc.returncode}); last lines of {log}:\n"
-                            + "\n".join(tail))
-        print(f"{label}: finished in {time.monotonic() - t0:.0f}s", file=out, flush=True)
+        code, log = _run_stage(stage, args, logs, label, out)
+        while code and stage.name == "distill-data" and NOTHING_KEPT in log.read_text():
+            _train_teacher_further(demo, quick, logs, label, out)
+            code, log = _run_stage(stage, args, logs, label, out)
+        if code:
+            raise _failed(stage, code, log)
     report = demo / "report" / "report.md"
     print(f"\ndemo finished in {time.monotonic() - start:.0f}s; report: {report}\n", file=out)
     print(report.read_text().split("## pass@k")[0], file=out)

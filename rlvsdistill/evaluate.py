@@ -23,6 +23,7 @@ from .io import UserError, atomic_open, read_jsonl, read_jsonl_lines, write_json
 from .paths import (
     COMPLETE_MARKER,
     SAMPLES_FILE,
+    SHARD_IDENTITY,
     SUMMARY_FILE,
     check_resume,
     mark_complete,
@@ -70,51 +71,65 @@ def _records(part: list[Problem], completions: list[list[Completion]], verdicts)
     return rows
 
 
-SHARD_MANIFEST = "shard.json"
-# The config fields that decide a shard's samples: parts written under other values must not be mixed with them.
-SAMPLE_IDENTITY = ("model_name_or_path", "model_revision", "dataset_name", "dataset_split", "max_problems",
-                   "prompt_template", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "answer_extract",
-                   "num_shards", "part_size")
+# What makes two shards parts of the same run: a part made with other values is not a part of this run.
+IDENTITY_KEYS = ("model_name_or_path", "model_revision", "dataset_name", "dataset_split", "max_problems",
+                 "prompt_template", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "answer_extract",
+                 "num_shards", "part_size")
 
 
-def shard_identity(cfg, index: int) -> dict:
-    """What a shard's manifest records: its index and the config fields that decide its samples."""
-    return {"shard_index": index, **{k: getattr(cfg, k) for k in SAMPLE_IDENTITY}}
+def run_identity(cfg) -> dict:
+    """The settings a shard's samples depend on (saved in each shard, compared on resume and merge)."""
+    return {key: getattr(cfg, key) for key in IDENTITY_KEYS}
 
 
-def check_shard_manifest(cfg, shard: Path, index: int) -> None:
-    """Refuse a shard directory that another run (another model, seed, n, ...) started."""
-    path = shard / SHARD_MANIFEST
+def check_identity(shard: Path, cfg, required: bool = False) -> None:
+    """Refuse a shard written by a run with other sampling settings, naming the file and the keys that differ;
+    ``required``: a shard without the file (merge) is refused too."""
+    path = shard / SHARD_IDENTITY
     if not path.is_file():
-        raise UserError(f"{path}: missing; {shard} was not written by `rlvsdistill eval` of this version")
+        if required:
+            raise UserError(f"{path}: missing; {shard} was not written by this version of rlvsdistill")
+        return
     try:
-        recorded = json.loads(path.read_text())
+        theirs = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc.msg})") from None
-    expected = shard_identity(cfg, index)
-    diff = [f"{k}: {recorded.get(k)!r} there, {v!r} here" for k, v in expected.items() if recorded.get(k) != v]
+        raise UserError(f"{path}: not valid JSON ({exc.msg}); remove the shard to redo it") from None
+    ours = json.loads(json.dumps(run_identity(cfg)))
+    diff = [f"{k}: {theirs.get(k)!r} there, {ours[k]!r} here" for k in IDENTITY_KEYS if theirs.get(k) != ours[k]]
     if diff:
-        raise UserError(f"{path}: this shard comes from another run ({'; '.join(diff)}); use another output_dir, "
-                        f"or remove {shard} to redo it")
+        raise UserError(f"{path}: this shard belongs to another run ({'; '.join(diff)}); use another output_dir, "
+                        "or remove the shard to redo it")
 
 
-def run_shard(cfg, generator=None) -> Path:
-    """Generate and grade this process's shard; returns the shard directory (marked complete)."""
+def check_part(path: Path, expected: int) -> None:
+    """Refuse a finished part that does not hold ``expected`` whole records (a copy cut short, an edited file)."""
+    data = path.read_bytes()
+    lines = data.count(b"\n")
+    if lines != expected or not data.endswith(b"\n"):
+        raise UserError(f"{path}: {lines} complete record(s), expected {expected} (truncated?); remove it and "
+                        "run the shard again to regenerate that part")
+
+
+def run_shard(cfg, generator=None, kind: str = "eval") -> Path:
+    """Generate and grade this process's shard; returns the shard directory (marked complete).
+
+    Finished parts are skipped (after checking that they are whole and that the shard belongs to this run).
+    """
     run_dir = resolve_output_dir(cfg.output_dir)
     index = shard_index(cfg)
     problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
     mine = shard_problems(problems, index, cfg.num_shards)
     shard = shard_dir(run_dir, index, cfg.num_shards)
     check_resume(run_dir)  # every shard: parts of another config are never resumed
+    check_identity(shard, cfg)
     shard.mkdir(parents=True, exist_ok=True)
-    if (shard / SHARD_MANIFEST).exists():
-        check_shard_manifest(cfg, shard, index)  # resuming: the finished parts must be this run's
-    else:
-        write_json(shard / SHARD_MANIFEST, shard_identity(cfg, index))
+    write_json(shard / SHARD_IDENTITY, run_identity(cfg))
     if index == 0:
-        write_run_record(run_dir, "eval", cfg)
+        write_run_record(run_dir, kind, cfg)
     parts = [mine[i:i + cfg.part_size] for i in range(0, len(mine), cfg.part_size)]
     todo = [i for i in range(len(parts)) if not part_file(shard, i).exists()]
+    for i in set(range(len(parts))) - set(todo):
+        check_part(part_file(shard, i), len(parts[i]) * cfg.n)
     if len(todo) < len(parts):
         logger.info("shard %d: %d of %d parts already finished, skipping them", index, len(parts) - len(todo),
                     len(parts))
@@ -125,7 +140,7 @@ def run_shard(cfg, generator=None) -> Path:
                                                 cfg.tensor_parallel_size, cfg.vllm_max_model_length)
         tokenizer = getattr(generator, "tokenizer", None)
         done = sum(len(parts[i]) for i in range(len(parts)) if i not in todo)
-        progress = Progress(f"eval shard {index}", len(mine), done, scale=cfg.n, unit="samples")
+        progress = Progress(f"{kind} shard {index}", len(mine), done, scale=cfg.n, unit="samples")
         # One grading thread: it feeds the worker processes while this thread generates the next part.
         grader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grade")
         pending: Future | None = None
@@ -236,7 +251,7 @@ def merge(cfg) -> dict:
     run_dir = resolve_output_dir(cfg.output_dir)
     _wait_for_shards(cfg, run_dir)
     for index in range(cfg.num_shards):
-        check_shard_manifest(cfg, shard_dir(run_dir, index, cfg.num_shards), index)
+        check_identity(shard_dir(run_dir, index, cfg.num_shards), cfg, required=True)
     problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
     order = {p.id: i for i, p in enumerate(problems)}
     streams = [_shard_stream(cfg, run_dir, i, order) for i in range(cfg.num_shards)]

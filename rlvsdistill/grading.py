@@ -29,8 +29,11 @@ from .io import UserError
 
 logger = logging.getLogger(__name__)
 
-ExtractMode = Literal["box", "box+fallback", "free"]
-EXTRACT_MODES: tuple[str, ...] = ("box", "box+fallback", "free")
+ExtractMode = Literal["box", "box+fallback", "box+free", "free"]
+# box: the last \\boxed{} only (the paper's "with format" score); box+fallback: else the response's last
+# FALLBACK_TAIL_CHARS characters; box+free: else math-verify's extraction over the whole response (the released
+# code's reward_func); free: math-verify's extraction over the whole response, box or not ("without format").
+EXTRACT_MODES: tuple[str, ...] = ("box", "box+fallback", "box+free", "free")
 VerifyOrder = Literal["gold_first", "pred_first"]
 
 
@@ -173,6 +176,8 @@ def _plan(response: str, mode: ExtractMode) -> tuple[str | None, str | None, Lit
         return boxed, "box", "answer"
     if mode == "box+fallback":
         return response[-FALLBACK_TAIL_CHARS:], "fallback", "text"
+    if mode == "box+free":
+        return response, "free", "text"
     return None, None, None
 
 

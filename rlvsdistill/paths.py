@@ -118,6 +118,7 @@ def write_run_record(output_dir: str | os.PathLike, kind: str, config) -> Path:
 # shard's marker once all its parts exist, then samples.jsonl + summary.json from the merge, marked last.
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
+SHARD_IDENTITY = "identity.json"  # in each shard: the sampling settings its parts were made with
 
 
 def shard_dir(run_dir: str | os.PathLike, index: int, count: int) -> Path:

@@ -28,7 +28,10 @@ def accuracy_reward(scale: str = "plus_minus_one", extract: str = "box", warn_af
                     pool: GraderPool | None = None, workers: int | None = None) -> RewardFn:
     """+1/-1 (the paper) or 1/0 for a correct/incorrect final answer, graded in worker processes.
 
-    Logs the fraction of each verdict per call through TRL's ``log_metric``, and warns loudly when no completion
+    ``extract`` is a grading.py extraction mode; the paper configs use ``box+free``, the released code's reward (the
+    last box, else math-verify's extraction of the whole completion). Logs the fraction of each verdict and of each
+    answer source (``box``, ``free``, ...) per call through TRL's ``log_metric``, so that rewards earned without a
+    box are counted apart, and warns loudly when no completion
     was correct for ``warn_after`` calls in a row (a broken prompt, template or grader looks exactly like that).
     Without ``pool``, grades on this rank's ``shared_pool(workers)``.
     """
@@ -41,6 +44,9 @@ def accuracy_reward(scale: str = "plus_minus_one", extract: str = "box", warn_af
         if log_metric is not None:
             for status, count in count_statuses(verdicts).items():
                 log_metric(f"verdicts/{status}", count / len(verdicts))
+            for source in ("box", "free", "fallback"):
+                log_metric(f"verdicts/correct_from_{source}",
+                           sum(v.correct and v.source == source for v in verdicts) / len(verdicts))
         streak = 0 if any(v.status is Status.CORRECT for v in verdicts) else streak + 1
         if streak == warn_after:
             logger.warning(

@@ -51,6 +51,27 @@ def run_cli(*args, env=None, timeout=600, cwd=None):
                           env=full_env, cwd=cwd or ROOT)
 
 
+def kill_shard_after_first_part(command: str, cfg_path, shard, timeout: float = 600) -> None:
+    """Start ``rlvsdistill COMMAND --config CFG shard_index=0``, SIGKILL it once its first part is written, and
+    check that the shard was left unfinished (a pod killed midway)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "rlvsdistill", command, "--config", str(cfg_path), "shard_index=0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (shard / "part-00000.jsonl").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the shard ended before its first part"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (shard / ".complete").exists()  # killed midway
+
+
 CPU = {"use_cpu": True, "bf16": False, "report_to": "none", "seed": 0, "dataloader_num_workers": 0}
 
 

@@ -46,7 +46,11 @@ def job_configs():
 @pytest.mark.parametrize("kind,config", list(job_configs()), ids=lambda x: str(x))
 def test_every_config_renders_and_validates(kind, config, cluster, crd_schema):
     settings = load_settings(str(cluster))
-    run = prepare_run(kind, str(config), [], settings, f"{REGISTRY}/rlvsdistill:test-tag")
+    try:
+        run = prepare_run(kind, str(config), [], settings, f"{REGISTRY}/rlvsdistill:test-tag")
+    except UserError as exc:  # a paper batch the cluster's process count cannot make: refused, with the fix named
+        assert "global_batch_size: the config means" in str(exc) and cluster.name == "multi-node.yaml", exc
+        run = prepare_run(kind, str(config), ["global_batch_size=null"], settings, f"{REGISTRY}/rlvsdistill:test-tag")
     objects = render_objects(run)
     assert validate_objects(objects, settings.kubernetes_version, crd_schema) == []
 
@@ -70,7 +74,7 @@ def test_static_manifests_validate_and_open_with_their_commands(path):
     assert objects and validate_objects(objects, "1.33", None) == []
 
 
-def grpo_run(settings=None, overrides=(), tag="t1"):
+def grpo_run(settings=None, overrides=("global_batch_size=null",), tag="t1"):
     return prepare_run("grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", list(overrides),
                        settings or load_settings("configs/cluster/single-node.yaml"), f"{REGISTRY}/rlvsdistill:{tag}")
 
@@ -259,11 +263,27 @@ def test_dockerfile_passes_hadolint():
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kind,config,shards", [
+    ("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", 4),
+    ("generate", "configs/paper/generate_qwq32b_for_qwen2.5_math_1.5b.yaml", 16),
+])
+def test_sampling_runs_as_an_indexed_job_and_a_merge_job(kind, config, shards):
+    """Eval and teacher sampling (issue 12): one pod per shard of an Indexed Job, then `<kind>-merge`."""
+    settings = load_settings("configs/cluster/single-node.yaml")
+    _, _, job, merge_job = render_objects(prepare_run(kind, config, [], settings, f"{REGISTRY}/rlvsdistill:t1"))
+    assert (job["spec"]["completionMode"], job["spec"]["completions"]) == ("Indexed", shards)
+    [worker] = job["spec"]["template"]["spec"]["containers"]
+    assert worker["command"][:2] == ["rlvsdistill", kind]
+    [merger] = merge_job["spec"]["template"]["spec"]["containers"]
+    assert merger["command"][:2] == ["rlvsdistill", f"{kind}-merge"]
+    assert "nvidia.com/gpu" not in merger["resources"].get("limits", {})  # the merge needs no GPU
+
+
 def every_run():
-    """(cluster file, kind, config) of every example plus the multi-node eval and generate."""
-    for kind, config, cluster in EXAMPLES.values():
-        yield cluster, kind, config
-    yield "configs/cluster/multi-node.yaml", "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml"
+    """(cluster file, kind, config, overrides) of every example plus the multi-node eval and generate."""
+    for kind, config, cluster, overrides in EXAMPLES.values():
+        yield cluster, kind, config, overrides
+    yield "configs/cluster/multi-node.yaml", "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", []
 
 
 def pod_specs(obj):
@@ -275,8 +295,8 @@ def pod_specs(obj):
 
 
 def all_pods():
-    for cluster, kind, config in every_run():
-        run = prepare_run(kind, config, [], load_settings(cluster), "registry.example.org/team/rlvsdistill:t1")
+    for cluster, kind, config, overrides in every_run():
+        run = prepare_run(kind, config, overrides, load_settings(cluster), "registry.example.org/team/rlvsdistill:t1")
         for obj in render_objects(run):
             for spec in pod_specs(obj):
                 yield run, obj, spec

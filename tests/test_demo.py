@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import ROOT
-from rlvsdistill.demo import make_problem, write_task
+from conftest import ROOT, run_cli
+from rlvsdistill.demo import CONFIGS, make_problem, write_task
 
 
 def test_task_is_exactly_gradable_and_splits_are_disjoint(tmp_path):
@@ -33,6 +33,26 @@ def test_task_is_exactly_gradable_and_splits_are_disjoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_sampling_stages_are_deterministic_on_one_machine(tmp_path, tiny_model):
+    """The demo's eval and generate stages, run twice with the same seed in fresh processes, write identical
+    samples.jsonl (and distillation data): on one machine a demo's numbers do not move between runs."""
+    write_task(tmp_path / "task", pretrain=10, train=6, test=6)
+    common = [f"model_name_or_path={tiny_model}", "n=3", "max_tokens=16"]
+    for run in ("a", "b"):
+        evaluation = run_cli("-m", "rlvsdistill", "eval", "--config", str(CONFIGS / "eval.yaml"), *common,
+                             f"dataset_name={tmp_path}/task/test.jsonl", f"output_dir={tmp_path}/{run}/eval")
+        assert evaluation.returncode == 0, evaluation.stderr[-2000:]
+        generate = run_cli("-m", "rlvsdistill", "generate", "--config", str(CONFIGS / "generate_teacher.yaml"),
+                           *common, "keep=all", f"dataset_name={tmp_path}/task/train.jsonl",
+                           f"output_file={tmp_path}/{run}/distill.jsonl")
+        assert generate.returncode == 0, generate.stderr[-2000:]
+    for name in ("eval/samples.jsonl", "distill.samples/samples.jsonl", "distill.jsonl"):
+        first, second = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+        assert first and first == second, name
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)  # a loaded 2-core machine (CI beside other jobs) runs it several times slower
 def test_quick_demo_killed_midway_resumes_and_ends_with_a_true_report(tmp_path):
     env = {**os.environ, "RLVSDISTILL_ROOT": str(tmp_path)}
     cmd = [sys.executable, "-m", "rlvsdistill", "demo", "--quick"]
@@ -40,18 +60,23 @@ def test_quick_demo_killed_midway_resumes_and_ends_with_a_true_report(tmp_path):
     # Kill the whole demo (the runner and its stage's process) once its third stage has finished.
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not (demo / "base" / "final" / ".complete").exists():
-        assert first.poll() is None and time.monotonic() < deadline, "the demo stopped before its third stage"
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    try:
+        deadline = time.monotonic() + 1800
+        while not (demo / "base" / "final" / ".complete").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "the demo stopped before its third stage"
+            time.sleep(0.05)
+    finally:  # also when the wait fails: no demo is left running behind the test
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
     assert not (demo / "report" / "report.md").exists()
 
-    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=2400)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     for stage in ("base-init", "teacher-init", "base"):
         assert f"{stage}: done earlier, skipped" in second.stdout  # finished stages are not redone
+    distilled = (demo / "distill.jsonl").read_text().splitlines()
+    assert distilled, "the demo distilled nothing"  # never empty: a teacher that solves nothing is trained further
+    assert json.loads((demo / "distill.jsonl.summary.json").read_text())["kept"] == len(distilled)
     for artifact in ("task/test.jsonl", "teacher/final/.complete", "distill.jsonl", "distilled/final/.complete",
                      "grpo/final/.complete", "eval-base/.complete", "eval-distilled/.complete",
                      "eval-grpo/.complete", "report/report.md", "report/pass_at_k.png", "report/success_by_bin.png"):
@@ -65,5 +90,20 @@ def test_quick_demo_killed_midway_resumes_and_ends_with_a_true_report(tmp_path):
         assert row[4] == f"{summary['pass@k:k=4&n=4']:.3f}"
     assert "demo finished" in second.stdout and "| eval-grpo |" in second.stdout  # the headline table is printed
 
-    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 11  # nothing is redone
+
+
+def test_a_teacher_that_never_solves_anything_stops_the_demo_with_what_to_do(tmp_path):
+    """After its extra training rounds, a teacher whose samples still give nothing to distil stops the demo with
+    a message that says what happened and what to do (the rounds themselves run in the quick demo when needed)."""
+    from rlvsdistill.demo import TEACHER_ROUNDS, TEACHER_STEPS, _train_teacher_further
+    from rlvsdistill.io import UserError
+    from rlvsdistill.paths import mark_complete
+
+    steps = TEACHER_STEPS[True] * (1 + TEACHER_ROUNDS)
+    last = tmp_path / "teacher" / f"checkpoint-{steps}"
+    last.mkdir(parents=True)
+    mark_complete(last)
+    with pytest.raises(UserError, match=rf"still solves none of the training problems .* after {steps} training steps"):
+        _train_teacher_further(tmp_path, True, tmp_path / "logs", "[5/11] distill-data", out=sys.stdout)

@@ -3,14 +3,10 @@
 import json
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import ROOT, run_cli, write_yaml
+from conftest import kill_shard_after_first_part, run_cli, write_yaml
 from rlvsdistill.cli import main
 from rlvsdistill.config import load_config
 from rlvsdistill.evaluate import merge, run_shard
@@ -47,15 +43,7 @@ def test_sharded_killed_rerun_and_merged_equals_unsharded(tmp_path, teacher, sev
                          max_tokens=48)
     cfg_path = write_yaml(tmp_path / "eval.yaml", values)
     shard0 = tmp_path / "run" / "shards" / "shard-00000-of-00002"
-    cmd = [sys.executable, "-m", "rlvsdistill", "eval", "--config", str(cfg_path), "shard_index=0"]
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (shard0 / "part-00000.jsonl").exists():
-        assert first.poll() is None and time.monotonic() < deadline, "shard 0 ended before its first part"
-        time.sleep(0.01)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert not (shard0 / ".complete").exists()  # killed midway
+    kill_shard_after_first_part("eval", cfg_path, shard0)
     finished_before = sorted(p.name for p in shard0.glob("part-*.jsonl"))
     rerun = run_cli("-m", "rlvsdistill", "eval", "--config", str(cfg_path), "shard_index=0")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -126,7 +114,8 @@ def test_report_on_two_runs(tmp_path, unsharded, tiny_model, sevens):
 
 BAD_EVAL = [
     # (change, fragment of the error)
-    ({"dataset_name": "gsm8k"}, "dataset_name: 'gsm8k' is neither math_train, math500 nor a .jsonl/.parquet path"),
+    ({"dataset_name": "gsm8k"},
+     "dataset_name: 'gsm8k' is neither math500, math_train, aime2025 nor a .jsonl/.parquet path"),
     ({"model_name_or_path": "/nonexistent/model"}, "model_name_or_path: /nonexistent/model does not exist"),
     ({"ks": [1, 8]}, "ks: pass@8 needs at least 8 samples per problem, but n = 4"),
     ({"shard_index": 2, "num_shards": 2}, "shard_index: 2 is outside 0..1"),

@@ -40,6 +40,8 @@ GRADE_CASES = [
     ("9", "so the answer is 9", "box", "no_answer", None),  # no box: box mode does not guess
     ("9", "so the answer is 9", "box+fallback", "correct", "fallback"),  # ... the fallback finds it
     ("9", "the answer is $9$", "free", "correct", "free"),  # whole-response extraction
+    ("9", "the answer is $9$", "box+free", "correct", "free"),  # released reward: no box -> whole response
+    ("9", "so $9$, or \\boxed{8}", "box+free", "wrong", "box"),  # ... but a box, when there is one, decides
     ("3", "\\boxed{\\sqrt[}", "box", "wrong", "box"),  # unparseable box compares as a string: wrong
 ]
 

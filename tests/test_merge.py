@@ -92,10 +92,10 @@ def test_a_truncated_part_is_named_and_nothing_is_written(tmp_path):
 
 def test_a_shard_from_another_run_is_refused(tmp_path):
     cfg = synthetic(tmp_path, 16, 8, shards=2, part_size=2)
-    manifest = _shard(cfg, 1) / "shard.json"
+    manifest = _shard(cfg, 1) / "identity.json"
     recorded = json.loads(manifest.read_text())
     manifest.write_text(json.dumps({**recorded, "seed": 7}))
-    with pytest.raises(UserError, match=r"shard-00001-of-00002/shard.json: this shard comes from another run "
+    with pytest.raises(UserError, match=r"shard-00001-of-00002/identity.json: this shard belongs to another run "
                                         r"\(seed: 7 there, 0 here\)"):
         merge(cfg)
     manifest.write_text(json.dumps(recorded))
@@ -126,7 +126,7 @@ def test_resuming_a_shard_with_another_config_is_refused_before_any_work(tmp_pat
     part = _shard(cfg, 0) / "part-00000.jsonl"
     before = part.read_bytes()
     (_shard(cfg, 0) / ".complete").unlink()  # as if killed midway
-    with pytest.raises(UserError, match=r"shard-00000-of-00002/shard.json: this shard comes from another run "
+    with pytest.raises(UserError, match=r"shard-00000-of-00002/identity.json: this shard belongs to another run "
                                         r"\(n: 8 there, 16 here; seed: 0 there, 5 here\)"):
         run_shard(replace(cfg, n=16, seed=5, shard_index=0))  # fails before loading the (absent) model
     assert part.read_bytes() == before and not (Path(cfg.output_dir) / "run_record.json").exists()

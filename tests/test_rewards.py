@@ -17,6 +17,17 @@ ACCURACY_CASES = [
 ]
 
 
+def test_released_reward_mode_rewards_an_unboxed_correct_answer_and_counts_it_apart(pool):
+    """The released reward_func: the last box, else math-verify on the whole completion (issue 10, item 2)."""
+    completions, golds = ["so \\boxed{7}", "the answer is $7$", "the answer is $8$"], ["7", "7", "7"]
+    assert accuracy_reward(extract="box", pool=pool)(completions=completions, answer=golds) == [1.0, -1.0, -1.0]
+    logged = {}
+    fn = accuracy_reward(extract="box+free", pool=pool)
+    assert fn(completions=completions, answer=golds, log_metric=logged.__setitem__) == [1.0, 1.0, -1.0]
+    assert logged["verdicts/correct_from_box"] == pytest.approx(1 / 3)
+    assert logged["verdicts/correct_from_free"] == pytest.approx(1 / 3)
+
+
 @pytest.mark.parametrize("scale,gold,completion,reward", ACCURACY_CASES)
 def test_accuracy_reward(pool, scale, gold, completion, reward):
     fn = accuracy_reward(scale, pool=pool)

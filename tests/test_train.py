@@ -71,11 +71,17 @@ def test_generate_filters_and_sft_trains_on_it(tmp_path, teacher, sevens):
     out = tmp_path / "distill.jsonl"
     cfg = load_config("generate", write_yaml(tmp_path / "gen.yaml", {
         "model_name_or_path": str(teacher / "final"), "dataset_name": str(sevens / "problems.jsonl"),
-        "prompt_template": "question_only", "backend": "hf", "n": 6, "max_tokens": 16, "temperature": 0.7,
-        "keep": "correct", "max_per_problem": 2, "student_results": str(solved), "output_file": str(out)}))
+        "max_problems": 6, "prompt_template": "question_only", "backend": "hf", "n": 6, "max_tokens": 16,
+        "temperature": 0.7, "keep": "correct", "max_per_problem": 2, "student_results": str(solved),
+        "output_file": str(out)}))
     stats = generate(cfg)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert stats["problems"] == 4 and stats["samples"] == 24
+    # The filters apply after sampling every problem, and each one's count is reported (and saved).
+    assert stats["problems"] == 6 and stats["samples"] == 36
+    assert stats["kept"] == len(rows) == 36 - sum(stats[k] for k in (
+        "dropped_incorrect", "dropped_unsolved_by_student", "dropped_over_max_per_problem"))
+    assert stats["dropped_unsolved_by_student"] > 0 and stats["dropped_over_max_per_problem"] > 0
+    assert json.loads((tmp_path / "distill.jsonl.summary.json").read_text())["kept"] == len(rows)
     assert rows and all(r["verdict"] == "correct" for r in rows)  # correct responses only
     assert {r["problem_id"] for r in rows} <= {"p0", "p1", "p2", "p3"}  # problems the student solved
     per_problem = {pid: sum(r["problem_id"] == pid for r in rows) for pid in {r["problem_id"] for r in rows}}
@@ -84,6 +90,24 @@ def test_generate_filters_and_sft_trains_on_it(tmp_path, teacher, sevens):
         teacher / "final", out, tmp_path / "student", max_steps=4, save_steps=4)))
     sft(student)
     assert (tmp_path / "student" / "final" / ".complete").is_file()
+    assert json.loads((tmp_path / "student" / "sft_data.json").read_text())["dropped_longer_than_max_length"] == 0
+
+
+def test_sft_drops_traces_longer_than_max_length_and_reports_them(tmp_path, tiny_model):
+    """A trace longer than the SFT context is dropped (not cut before its answer), and the count is saved."""
+    from rlvsdistill.config import load_config
+    from rlvsdistill.train.sft import build_trainer
+
+    data = tmp_path / "d.jsonl"
+    long = " ".join(["3 + 4 = 7."] * 60) + " The answer is \\boxed{7}."
+    data.write_text("".join(json.dumps({"prompt": f"Add {i} and {7 - i}.", "completion": c}) + "\n"
+                            for i, c in enumerate([" The answer is \\boxed{7}.", long, long, " \\boxed{7}"])))
+    (tmp_path / "out").mkdir()
+    cfg = load_config("sft", write_yaml(tmp_path / "s.yaml", sft_values(tiny_model, data, tmp_path / "out")))
+    trainer = build_trainer(cfg)
+    assert len(trainer.train_dataset) == 2
+    counts = json.loads((tmp_path / "out" / "sft_data.json").read_text())
+    assert (counts["records"], counts["dropped_longer_than_max_length"], counts["kept"]) == (4, 2, 2)
 
 
 def test_half_written_checkpoint_is_never_picked(tmp_path):
@@ -181,3 +205,16 @@ def test_report_to_tensorboard_and_wandb_write_their_runs(tmp_path, tiny_model, 
     assert list(out.rglob("events.out.tfevents.*"))
     [wandb_run] = list((tmp_path / "wandb").glob("offline-run-*"))
     assert list(wandb_run.glob("*.wandb"))
+
+
+def test_trainer_refuses_a_global_batch_its_processes_do_not_make(tmp_path, tiny_model, sevens):
+    """global_batch_size is checked against the processes actually launched, before anything is written."""
+    from rlvsdistill.config import load_config
+    from rlvsdistill.io import UserError
+    from rlvsdistill.train.sft import main as sft
+
+    values = sft_values(tiny_model, sevens / "sft.jsonl", tmp_path / "out", global_batch_size=4,
+                        gradient_accumulation_steps=2)  # 6 per device x 2 x 1 process = 12
+    with pytest.raises(UserError, match=r"global_batch_size: the config means 4, .* = 12 .*launched with 1 process"):
+        sft(load_config("sft", write_yaml(tmp_path / "s.yaml", values)))
+    assert not (tmp_path / "out").exists()

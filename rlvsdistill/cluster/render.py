@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 
 import yaml
 
-from ..config import check_values, parse_overrides, read_yaml
+from ..config import check_values, global_batch_problems, parse_overrides, read_yaml
 from ..grading import CPU_REQUEST_ENV
 from ..io import UserError
 from ..paths import CONFIG_HASH_ENV, RESUME_ANYWAY_ENV
@@ -63,6 +63,7 @@ class Run:
     cluster_path: str | None = None  # where the settings came from (for the manifest header only)
     resume_anyway: bool = False  # resume checkpoints on the volume even if they come from another config hash
     prefetch: bool = False  # the run is the download of the config's model into the model-cache PVC
+    overrides: tuple[str, ...] = ()  # the KEY=VALUE overrides given (for the manifest header only)
 
     @property
     def config_hash(self) -> str:
@@ -116,25 +117,28 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     if len(name) > NAME_MAX or not DNS_LABEL.fullmatch(name):
         problems.append(f"--name: {name!r} is not a valid run name (lower case letters, digits and '-', "
                         f"starting and ending with a letter or digit, at most {NAME_MAX} characters)")
-    out_key = "output_file" if kind == "generate" else "output_dir"
-    if values.get(out_key) and not _in_volume(str(values[out_key]), settings):
-        problems.append(f"{config_path}: {out_key}: {values[out_key]} is outside the volume ({settings.mount_path});"
-                        " the results would vanish with the pod")
+    for out_key in ("output_file", "output_dir"):
+        if values.get(out_key) and not _in_volume(str(values[out_key]), settings):
+            problems.append(f"{config_path}: {out_key}: {values[out_key]} is outside the volume "
+                            f"({settings.mount_path}); the results would vanish with the pod")
     if kind == "grpo":
         problems += _grpo_cluster_problems(values, settings, config_path)
     report_to = values.get("report_to") or []
     if "wandb" in ([report_to] if isinstance(report_to, str) else report_to) and not settings.wandb_secret:
         problems.append(f"{config_path}: report_to: wandb, but the cluster settings name no wandb_secret (a Secret "
                         "with key api-key); set one, or report_to: tensorboard (event files under output_dir)")
+    if kind in ("grpo", "sft"):
+        problems += [f"{config_path}: {p}" for p in global_batch_problems(values, training_processes(kind, settings))]
     if problems:
         raise UserError(f"cannot render {kind} run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     if kind == "grpo" and settings.vllm_gpus:
         # The sidecar's address is the cluster's business: the trainer reaches it on localhost.
         values.update(use_vllm=True, vllm_mode="server", vllm_server_host="127.0.0.1",
                       vllm_server_port=settings.vllm_port)
-    if kind == "eval":
+    if kind in ("eval", "generate"):
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
-    return Run(kind, name, config_path, values, settings, image, cluster_path, resume_anyway, prefetch)
+    return Run(kind, name, config_path, values, settings, image, cluster_path, resume_anyway, prefetch,
+               tuple(overrides))
 
 
 def smoke_config(name: str, settings: ClusterSettings, overrides: dict) -> dict:
@@ -144,6 +148,13 @@ def smoke_config(name: str, settings: ClusterSettings, overrides: dict) -> dict:
     values = {"output_dir": name, "max_steps": 3, "model_name_or_path": f"{settings.mount_path}/runs/{name}/model",
               "vllm_server_host": "127.0.0.1", "vllm_server_port": settings.vllm_port, **overrides}
     return dataclasses.asdict(load_options(None, **values))
+
+
+def training_processes(kind: str, settings: ClusterSettings) -> int:
+    """Training processes of a GRPO or SFT run: nodes x GPUs per node, less the vLLM sidecar's GPUs on each node."""
+    if kind == "grpo":
+        return settings.grpo_nodes * (settings.grpo_gpus_per_node - settings.vllm_gpus)
+    return settings.sft_nodes * settings.sft_gpus_per_node
 
 
 def _grpo_cluster_problems(values: dict, settings: ClusterSettings, where: str) -> list[str]:
@@ -387,7 +398,7 @@ def training_objects(run: Run) -> list[dict]:
     nodes, per_node = (s.grpo_nodes, s.grpo_gpus_per_node) if run.kind == "grpo" else (s.sft_nodes,
                                                                                         s.sft_gpus_per_node)
     vllm = s.vllm_gpus if run.kind == "grpo" else 0
-    train_gpus = per_node - vllm  # the same on every node: accelerate runs equal process counts per machine
+    train_gpus = training_processes(run.kind, s) // nodes  # equal on every node: accelerate's process layout
     sidecars = [vllm_sidecar(run)] if vllm else None
     command = _launch(run, train_gpus, nodes)
     secrets = ("hf", "wandb")
@@ -425,17 +436,10 @@ def _sampling_gpus(cfg: dict) -> int:
     return cfg.get("tensor_parallel_size", 1) if cfg.get("backend", "auto") != "hf" else 0
 
 
-def generate_objects(run: Run) -> list[dict]:
-    """Teacher sampling for distillation: one Job on the teacher's tensor-parallel GPUs."""
-    command = ["rlvsdistill", "generate", "--config", CONFIG_FILE]
-    template = pod_template(run, [container(run, "generate", command, _sampling_gpus(run.config))])
-    return [config_map(run), network_policy(run), _job(run, run.name, template)]
-
-
 def _merge_pod(run: Run) -> dict:
     """The merge: CPU only, no secrets, and the one pod with an API token (projected, read-only, 1 h, renewed by
     the kubelet) of a service account that may read Jobs (k8s/rbac.yaml), to follow the shards Job."""
-    merge = container(run, "merge", ["rlvsdistill", "eval-merge", "--config", CONFIG_FILE], 0, secrets=())
+    merge = container(run, "merge", ["rlvsdistill", f"{run.kind}-merge", "--config", CONFIG_FILE], 0, secrets=())
     merge["resources"]["requests"]["memory"] = merge["resources"]["limits"]["memory"] = merge_memory(run.config)
     merge["env"] += [{"name": SHARDS_JOB_ENV, "value": run.name}]
     merge["volumeMounts"].append({"name": "api-token", "mountPath": SERVICEACCOUNT_DIR, "readOnly": True})
@@ -459,20 +463,21 @@ UNKNOWN_DATASET_PROBLEMS = 12_500  # a local file's size is unknown when renderi
 
 
 def merge_memory(cfg: dict) -> str:
-    """The merge pod's memory request and limit for an eval config: it grows with problems, not samples."""
+    """The merge pod's memory request and limit for an eval or generate config: it grows with problems, not samples."""
     problems = cfg.get("max_problems") or DATASET_PROBLEMS.get(cfg.get("dataset_name"), UNKNOWN_DATASET_PROBLEMS)
     group_bytes = 4 * cfg.get("n", 1) * cfg.get("max_tokens", 1024) * 4  # ~4 bytes a token, held ~4 times
     mib = MERGE_BASE_MIB + problems * MERGE_KIB_PER_PROBLEM / 1024 + group_bytes / 2**20
     return f"{math.ceil(mib / 256) * 256}Mi"
 
 
-def eval_objects(run: Run) -> list[dict]:
-    """An Indexed Job running one shard per pod and, with several shards, a merge Job that follows it (a single
-    shard merges in its own pod)."""
+def sharded_objects(run: Run) -> list[dict]:
+    """Eval or teacher sampling: an Indexed Job running one shard per pod and, with several shards, a merge Job
+    that follows it (``eval-merge`` / ``generate-merge``; a single shard merges in its own pod)."""
     cfg, s = run.config, run.settings
     shards = cfg.get("num_shards", 1)
     gpus = _sampling_gpus(cfg)
-    shard_pod = pod_template(run, [container(run, "eval", ["rlvsdistill", "eval", "--config", CONFIG_FILE], gpus)])
+    shard_pod = pod_template(run, [container(run, run.kind, ["rlvsdistill", run.kind, "--config", CONFIG_FILE],
+                                             gpus)])
     shards_job = _job(run, run.name, shard_pod, completionMode="Indexed", completions=shards,
                       parallelism=min(s.eval_parallelism, shards), backoffLimitPerIndex=s.backoff_limit)
     del shards_job["spec"]["backoffLimit"]  # per index instead: a failing shard does not use up the others' retries
@@ -513,10 +518,8 @@ def render_objects(run: Run) -> list[dict]:
         return prefetch_objects(run)
     if run.kind == "smoke":
         return smoke_objects(run)
-    if run.kind == "eval":
-        return eval_objects(run)
-    if run.kind == "generate":
-        return generate_objects(run)
+    if run.kind in ("eval", "generate"):
+        return sharded_objects(run)
     return training_objects(run)
 
 
@@ -545,6 +548,7 @@ def to_yaml(run: Run, objects: list[dict]) -> str:
         run.kind if run.kind in ("eval", "generate", "smoke") else "trainer")
     cluster = f" --cluster {run.cluster_path}" if run.cluster_path else ""
     config = f" --config {run.config_path}" if run.config_path else ""
+    cluster += "".join(f" {o}" for o in run.overrides)
     header = [
         f"# rlvsdistill {run.kind} run '{run.name}' from {run.config_path or 'the cluster settings'}, image {run.image} "
         f"(config hash {run.config_hash})",

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..config import global_batch_problems
+from ..io import UserError
 from ..paths import latest_complete_checkpoint, mark_complete, resolve_output_dir, write_run_record
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,11 @@ class CompletionMarker(TrainerCallback):
 
 
 def prepare_run(cfg, kind: str) -> tuple[Path, Path | None]:
-    """Point ``cfg.output_dir`` at the volume, save the run record; returns (output dir, checkpoint to resume)."""
+    """Check the global batch against the processes launched, point ``cfg.output_dir`` at the volume, save the
+    run record; returns (output dir, checkpoint to resume)."""
+    problems = global_batch_problems(vars(cfg), cfg.world_size)
+    if problems:
+        raise UserError(f"{kind}: {problems[0]} (launched with {cfg.world_size} processes)")
     out = resolve_output_dir(cfg.output_dir)
     cfg.output_dir = str(out)
     out.mkdir(parents=True, exist_ok=True)

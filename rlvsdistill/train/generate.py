@@ -1,14 +1,19 @@
 """Distillation data: sample a teacher n times per problem, grade each sample, keep what the paper keeps.
 
-Filters: correct responses only (``keep: correct``); only problems the student already solves at least once
-(``student_results``: the paper's "reasoning patterns only" setting) or all problems; at most ``max_per_problem``
-correct responses per problem (self-distillation uses 8). Output: JSONL of prompt/completion records for ``sft``.
+Sampling is an evaluation run (evaluate.py): problems sharded over the pods of an indexed Job, each shard written in
+resumable parts, then merged into ``samples.jsonl`` and ``summary.json`` in ``output_dir``. The filters apply after
+the merge, so one teacher run serves every student: correct responses only (``keep: correct``); only problems the
+student solves at least once in its own evaluation (``student_results``: the paper's "reasoning patterns only"
+setting), or all problems; at most ``max_per_problem`` kept responses per problem. Output: ``output_file``, a JSONL
+of prompt/completion records for ``sft`` (prompts in ``student_prompt_template``), and beside it
+``<output_file>.summary.json`` with what each filter removed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -17,62 +22,95 @@ def solved_problem_ids(summary_path: str) -> set[str]:
     """Problems with at least one correct sample in a summary.json written by ``grade`` or ``eval``."""
     from ..io import UserError
 
-    with open(summary_path) as f:
-        counts = json.load(f).get("correct_counts")
+    try:
+        counts = json.loads(Path(summary_path).read_text()).get("correct_counts")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"student_results: {summary_path}: {exc}") from None
     if counts is None:
         raise UserError(f"student_results: {summary_path} has no 'correct_counts'")
     return {pid for pid, c in counts.items() if c > 0}
 
 
-def main(cfg) -> dict:
-    """Run one generation job; returns counts of what was sampled and kept."""
-    from ..data import format_prompt, load_problems
-    from ..generation import Sampling, make_generator
-    from ..grading import GraderPool
-    from ..io import write_jsonl
-    from ..paths import resolve_output_dir, write_run_record
-    from ..progress import Progress
+def summary_path(output_file: Path) -> Path:
+    """Where the filter counts of a distillation file go."""
+    return output_file.with_name(output_file.name + ".summary.json")
 
-    problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
+
+def filter_samples(cfg) -> dict:
+    """Stream the merged samples through the filters into ``output_file``; returns the counts of each filter."""
+    from ..data import format_prompt, load_problems
+    from ..evaluate import headline, load_summary
+    from ..io import UserError, atomic_open, read_jsonl, write_json
+    from ..paths import SAMPLES_FILE, resolve_output_dir
+
+    run_dir = resolve_output_dir(cfg.output_dir)
+    problems = {p.id: p for p in load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)}
+    solved = None
     if cfg.student_results:
         solved = solved_problem_ids(cfg.student_results)
-        problems = [p for p in problems if p.id in solved]
-        logger.info("%d problems the student solved at least once", len(problems))
+        if not solved & problems.keys():
+            raise UserError(f"student_results: no problem of {cfg.dataset_name} is solved in {cfg.student_results} "
+                            "(an evaluation of another dataset, or of max_problems that do not overlap?)")
+    tokenizer = None
+    if "chat" in (cfg.prompt_template, cfg.student_prompt_template):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, revision=cfg.model_revision)
+    template = cfg.student_prompt_template or cfg.prompt_template
+    counts = {"samples": 0, "dropped_incorrect": 0, "dropped_unsolved_by_student": 0,
+              "dropped_over_max_per_problem": 0, "kept": 0}
+    kept_per_problem: dict[str, int] = {}
     out = resolve_output_dir(cfg.output_file)
-    sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_tokens, cfg.seed)
-    pool = GraderPool()  # workers start while the model loads
-    generator = make_generator(cfg.backend, cfg.model_name_or_path, cfg.model_revision, cfg.tensor_parallel_size,
-                               cfg.vllm_max_model_length)
-    student_template = cfg.student_prompt_template or cfg.prompt_template
-    tokenizer = getattr(generator, "tokenizer", None)
-    rows, progress = [], Progress("generate", len(problems), scale=cfg.n, unit="samples")
-    try:
-        batch = 8
-        for start in range(0, len(problems), batch):
-            chunk = problems[start:start + batch]
-            prompts = [format_prompt(cfg.prompt_template, p.problem, tokenizer) for p in chunk]
-            samples = generator.generate(prompts, [p.id for p in chunk], sampling)
-            flat = [(p, i, c) for p, cs in zip(chunk, samples) for i, c in enumerate(cs)]
-            verdicts = pool.grade([p.answer for p, _, _ in flat], [c.text for _, _, c in flat], cfg.answer_extract)
-            kept_per_problem: dict[str, int] = {}
-            for (p, i, c), v in zip(flat, verdicts):
-                if cfg.keep == "correct" and not v.correct:
-                    continue
-                if cfg.max_per_problem and kept_per_problem.get(p.id, 0) >= cfg.max_per_problem:
-                    continue
-                kept_per_problem[p.id] = kept_per_problem.get(p.id, 0) + 1
-                rows.append({
-                    "problem_id": p.id, "sample_index": i,
-                    "prompt": format_prompt(student_template, p.problem, tokenizer),
-                    "completion": c.text, "answer": p.answer, "verdict": v.status.value, "num_tokens": c.num_tokens,
-                })
-            progress.update(len(chunk))
-    finally:
-        pool.close()
-        progress.close()
-    write_jsonl(out, rows)
-    write_run_record(out.parent, "generate", cfg)
-    stats = {"problems": len(problems), "samples": len(problems) * cfg.n, "kept": len(rows),
-             "problems_kept": len({r["problem_id"] for r in rows}), "output_file": str(out)}
-    logger.info("generate: %s", stats)
+    with atomic_open(out) as f:
+        for _, rec in read_jsonl(run_dir / SAMPLES_FILE, required=("problem_id", "sample_index", "response")):
+            counts["samples"] += 1
+            pid = rec["problem_id"]
+            if cfg.keep == "correct" and rec["verdict"]["status"] != "correct":
+                counts["dropped_incorrect"] += 1
+                continue
+            if solved is not None and pid not in solved:
+                counts["dropped_unsolved_by_student"] += 1
+                continue
+            if cfg.max_per_problem and kept_per_problem.get(pid, 0) >= cfg.max_per_problem:
+                counts["dropped_over_max_per_problem"] += 1
+                continue
+            kept_per_problem[pid] = kept_per_problem.get(pid, 0) + 1
+            counts["kept"] += 1
+            row = {"problem_id": pid, "sample_index": rec["sample_index"],
+                   "prompt": format_prompt(template, problems[pid].problem, tokenizer), "completion": rec["response"],
+                   "answer": rec["gold"], "verdict": rec["verdict"]["status"], "num_tokens": rec["num_tokens"]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        counts["problems_kept"] = len(kept_per_problem)
+        counts["problems"] = len(problems)
+        stats = {**counts, "output_file": str(out), "samples_dir": str(run_dir),
+                 "filters": {"keep": cfg.keep, "student_results": cfg.student_results,
+                             "max_per_problem": cfg.max_per_problem, "student_prompt_template": template},
+                 "teacher": headline(load_summary(run_dir))}
+        write_json(summary_path(out), stats)
+        if not counts["kept"]:  # raised inside the block: no empty output file is left behind
+            raise UserError(
+                f"{out}: no sample passed the filters ({counts['samples']} sampled, {counts['dropped_incorrect']} "
+                f"incorrect, {counts['dropped_unsolved_by_student']} on problems the student never solved): the "
+                f"teacher solved nothing it may keep. Check the teacher model, prompt_template and max_tokens "
+                f"(counts in {summary_path(out)})")
+    logger.info("generate: kept %d of %d samples (%d problems) -> %s", counts["kept"], counts["samples"],
+                counts["problems_kept"], out)
     return stats
+
+
+def merge_main(cfg) -> dict:
+    """``rlvsdistill generate-merge``: merge the teacher's shards, then filter them into ``output_file``."""
+    from ..evaluate import merge
+
+    merge(cfg)
+    return filter_samples(cfg)
+
+
+def main(cfg) -> dict | None:
+    """``rlvsdistill generate``: sample and grade this shard; with a single shard, merge and filter too."""
+    from ..evaluate import run_shard
+
+    run_shard(cfg, kind="generate")
+    if cfg.num_shards == 1:
+        return merge_main(cfg)
+    return None

@@ -33,7 +33,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rlvsdistill.cluster.render import merge_memory  # noqa: E402
-from rlvsdistill.evaluate import SHARD_MANIFEST, shard_identity  # noqa: E402
+from rlvsdistill.evaluate import run_identity  # noqa: E402
+from rlvsdistill.paths import SHARD_IDENTITY  # noqa: E402
 from rlvsdistill.io import UserError, read_jsonl, write_json, write_jsonl  # noqa: E402
 from rlvsdistill.metrics import (  # noqa: E402
     REFLECTION_KEYWORDS,
@@ -92,7 +93,7 @@ def synthesize(root: Path, problems: int, n: int, shards: int = 4, part_size: in
     for index in range(shards):
         shard = shard_dir(root / "run", index, shards)
         shard.mkdir(parents=True, exist_ok=True)
-        write_json(shard / SHARD_MANIFEST, shard_identity(cfg, index))
+        write_json(shard / SHARD_IDENTITY, run_identity(cfg))
         mine = rows[index::shards]
         for part_index, start in enumerate(range(0, len(mine), part_size)):
             records = []
