@@ -127,7 +127,7 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     if "wandb" in ([report_to] if isinstance(report_to, str) else report_to) and not settings.wandb_secret:
         problems.append(f"{config_path}: report_to: wandb, but the cluster settings name no wandb_secret (a Secret "
                         "with key api-key); set one, or report_to: tensorboard (event files under output_dir)")
-    if kind in ("grpo", "sft"):
+    if kind in ("grpo", "sft") and not prefetch:  # a prefetch only downloads the model
         problems += [f"{config_path}: {p}" for p in global_batch_problems(values, training_processes(kind, settings))]
     if problems:
         raise UserError(f"cannot render {kind} run: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
