@@ -24,7 +24,11 @@ EVAL_CONFIG ?= configs/paper/eval_qwen2.5_math_1.5b_math500.yaml
 CONFIG ?=
 RUN ?=
 CRD ?= $(wildcard ../shared/k8s/crds/kubeflow.org_pytorchjobs.yaml)
-RLV := $(VENV)/bin/rlvsdistill
+# Submitting needs only the `cluster` extra: the cluster targets use $(VENV) when it is installed, else a light
+# venv without torch, TRL or DeepSpeed.
+CLUSTER_VENV ?= .venv-cluster
+SUBMIT_VENV := $(if $(wildcard $(VENV)/.installed),$(VENV),$(CLUSTER_VENV))
+RLV := $(SUBMIT_VENV)/bin/rlvsdistill
 CLUSTER_ARGS = --cluster $(CLUSTER) $(if $(NAMESPACE),--namespace $(NAMESPACE))
 SUBMIT = $(RLV) submit $(1) --config $(or $(CONFIG),$(2)) --image-tag $(IMAGE_TAG) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD))
 
@@ -39,6 +43,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_PIN)
 	$(PIP) install --quiet -e '.[train,cluster,report,test]'
+	touch $@
+
+$(CLUSTER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CLUSTER_VENV)
+	$(CLUSTER_VENV)/bin/pip install --quiet --upgrade pip
+	$(CLUSTER_VENV)/bin/pip install --quiet -e '.[cluster]'
 	touch $@
 
 .PHONY: venv
@@ -87,37 +97,37 @@ check-image: $(VENV)/.installed ## check that the image's pinned set resolves fo
 GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
 
 .PHONY: submit-grpo submit-sft submit-eval submit-generate
-submit-grpo: $(VENV)/.installed ## submit a GRPO run (CONFIG, CLUSTER, IMAGE_TAG, NAMESPACE)
+submit-grpo: $(SUBMIT_VENV)/.installed ## submit a GRPO run (CONFIG, CLUSTER, IMAGE_TAG, NAMESPACE)
 	$(call SUBMIT,grpo,$(GRPO_CONFIG))
-submit-sft: $(VENV)/.installed ## submit an SFT distillation run
+submit-sft: $(SUBMIT_VENV)/.installed ## submit an SFT distillation run
 	$(call SUBMIT,sft,$(SFT_CONFIG))
-submit-eval: $(VENV)/.installed ## submit an evaluation (indexed Job of shards + merge Job)
+submit-eval: $(SUBMIT_VENV)/.installed ## submit an evaluation (indexed Job of shards + merge Job)
 	$(call SUBMIT,eval,$(EVAL_CONFIG))
-submit-generate: $(VENV)/.installed ## submit teacher sampling for distillation data
+submit-generate: $(SUBMIT_VENV)/.installed ## submit teacher sampling for distillation data
 	$(call SUBMIT,generate,$(GENERATE_CONFIG))
 
 .PHONY: render-grpo render-sft render-eval render-generate
-render-grpo: $(VENV)/.installed ## print the GRPO run's YAML (validated, nothing sent)
+render-grpo: $(SUBMIT_VENV)/.installed ## print the GRPO run's YAML (validated, nothing sent)
 	@$(call SUBMIT,grpo,$(GRPO_CONFIG)) --dry-run
-render-sft: $(VENV)/.installed ## print the SFT run's YAML
+render-sft: $(SUBMIT_VENV)/.installed ## print the SFT run's YAML
 	@$(call SUBMIT,sft,$(SFT_CONFIG)) --dry-run
-render-eval: $(VENV)/.installed ## print the evaluation's YAML
+render-eval: $(SUBMIT_VENV)/.installed ## print the evaluation's YAML
 	@$(call SUBMIT,eval,$(EVAL_CONFIG)) --dry-run
-render-generate: $(VENV)/.installed ## print the teacher sampling Job's YAML
+render-generate: $(SUBMIT_VENV)/.installed ## print the teacher sampling Job's YAML
 	@$(call SUBMIT,generate,$(GENERATE_CONFIG)) --dry-run
 
 # The kind is the config file's prefix: configs/paper/grpo_*.yaml -> grpo.
 PREFETCH_CONFIG = $(or $(CONFIG),$(GRPO_CONFIG))
 .PHONY: prefetch-model
-prefetch-model: $(VENV)/.installed ## download CONFIG's model and dataset into the cluster's model_cache_pvc (a Job)
+prefetch-model: $(SUBMIT_VENV)/.installed ## download CONFIG's model and dataset into the cluster's model_cache_pvc (a Job)
 	$(call SUBMIT,$(firstword $(subst _, ,$(notdir $(PREFETCH_CONFIG)))),$(PREFETCH_CONFIG)) --prefetch-model
 
 .PHONY: status logs cancel
-status: $(VENV)/.installed ## show a run (RUN=name)
+status: $(SUBMIT_VENV)/.installed ## show a run (RUN=name)
 	$(RLV) status $(RUN) $(CLUSTER_ARGS)
-logs: $(VENV)/.installed ## follow a run's logs (RUN=name)
+logs: $(SUBMIT_VENV)/.installed ## follow a run's logs (RUN=name)
 	$(RLV) logs $(RUN) -f $(CLUSTER_ARGS)
-cancel: $(VENV)/.installed ## delete a run's objects and pods (RUN=name)
+cancel: $(SUBMIT_VENV)/.installed ## delete a run's objects and pods (RUN=name)
 	$(RLV) cancel $(RUN) $(CLUSTER_ARGS)
 
 .PHONY: k8s-examples
@@ -126,4 +136,4 @@ k8s-examples: $(VENV)/.installed ## re-render the golden manifests in k8s/exampl
 
 .PHONY: clean
 clean: ## remove the environment and caches
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(CLUSTER_VENV) .pytest_cache build *.egg-info
