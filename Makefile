@@ -28,7 +28,11 @@ EVAL_CONFIG ?= configs/paper/eval_qwen2.5_math_1.5b_math500.yaml
 CONFIG ?=
 RUN ?=
 CRD ?= $(wildcard ../shared/k8s/crds/kubeflow.org_pytorchjobs.yaml)
-RLV := $(VENV)/bin/rlvsdistill
+# Submitting needs only the `cluster` extra: the cluster targets use $(VENV) when it is installed, else a light
+# venv without torch, TRL or DeepSpeed.
+CLUSTER_VENV ?= .venv-cluster
+SUBMIT_VENV := $(if $(wildcard $(VENV)/.installed),$(VENV),$(CLUSTER_VENV))
+RLV := $(SUBMIT_VENV)/bin/rlvsdistill
 CLUSTER_ARGS = --cluster $(CLUSTER) $(if $(NAMESPACE),--namespace $(NAMESPACE))
 # IMAGE_TAG goes along with IMAGE_REF only when the user set it, so that the pair is refused rather than one ignored.
 IMAGE_ARGS = $(if $(IMAGE_REF),--image '$(IMAGE_REF)') $(if $(REGISTRY),--registry '$(REGISTRY)') \
@@ -47,6 +51,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_PIN)
 	$(PIP) install --quiet -e '.[train,cluster,report,test]'
+	touch $@
+
+$(CLUSTER_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(CLUSTER_VENV)
+	$(CLUSTER_VENV)/bin/pip install --quiet --upgrade pip
+	$(CLUSTER_VENV)/bin/pip install --quiet -e '.[cluster]'
 	touch $@
 
 .PHONY: venv
@@ -126,47 +136,47 @@ check-image: $(VENV)/.installed ## check that images/requirements.lock matches p
 GENERATE_CONFIG ?= configs/paper/generate_qwq32b_for_qwen2.5_math_1.5b.yaml
 
 .PHONY: submit-grpo submit-sft submit-eval submit-generate submit-smoke
-submit-grpo: $(VENV)/.installed ## submit a GRPO run (REGISTRY [IMAGE_TAG] or IMAGE_REF, CONFIG, CLUSTER, NAMESPACE)
+submit-grpo: $(SUBMIT_VENV)/.installed ## submit a GRPO run (REGISTRY [IMAGE_TAG] or IMAGE_REF, CONFIG, CLUSTER, NAMESPACE)
 	$(call SUBMIT,grpo,$(GRPO_CONFIG))
-submit-sft: $(VENV)/.installed ## submit an SFT distillation run
+submit-sft: $(SUBMIT_VENV)/.installed ## submit an SFT distillation run
 	$(call SUBMIT,sft,$(SFT_CONFIG))
-submit-eval: $(VENV)/.installed ## submit an evaluation (indexed Job of shards + merge Job)
+submit-eval: $(SUBMIT_VENV)/.installed ## submit an evaluation (indexed Job of shards + merge Job)
 	$(call SUBMIT,eval,$(EVAL_CONFIG))
-submit-generate: $(VENV)/.installed ## submit teacher sampling for distillation data
+submit-generate: $(SUBMIT_VENV)/.installed ## submit teacher sampling for distillation data
 	$(call SUBMIT,generate,$(GENERATE_CONFIG))
 
-submit-smoke: $(VENV)/.installed ## a few GRPO steps with the vLLM sidecar (1+1 GPUs) and an eval; ends SMOKE PASS/FAIL
+submit-smoke: $(SUBMIT_VENV)/.installed ## a few GRPO steps with the vLLM sidecar (1+1 GPUs) and an eval; ends SMOKE PASS/FAIL
 	$(call SUBMIT,smoke,)
 
 .PHONY: gpu-check
 gpu-check: $(VENV)/.installed ## on a GPU node: the smoke steps without Kubernetes (SFT ZeRO-3, GRPO, vLLM, eval)
-	$(RLV) smoke $(if $(OUT),--out $(OUT))
+	$(VENV)/bin/rlvsdistill smoke $(if $(OUT),--out $(OUT))
 
 .PHONY: render-grpo render-sft render-eval render-generate render-smoke
-render-grpo: $(VENV)/.installed ## print the GRPO run's YAML (validated, nothing sent)
+render-grpo: $(SUBMIT_VENV)/.installed ## print the GRPO run's YAML (validated, nothing sent)
 	@$(call SUBMIT,grpo,$(GRPO_CONFIG)) --dry-run
-render-sft: $(VENV)/.installed ## print the SFT run's YAML
+render-sft: $(SUBMIT_VENV)/.installed ## print the SFT run's YAML
 	@$(call SUBMIT,sft,$(SFT_CONFIG)) --dry-run
-render-eval: $(VENV)/.installed ## print the evaluation's YAML
+render-eval: $(SUBMIT_VENV)/.installed ## print the evaluation's YAML
 	@$(call SUBMIT,eval,$(EVAL_CONFIG)) --dry-run
-render-generate: $(VENV)/.installed ## print the teacher sampling Job's YAML
+render-generate: $(SUBMIT_VENV)/.installed ## print the teacher sampling Job's YAML
 	@$(call SUBMIT,generate,$(GENERATE_CONFIG)) --dry-run
 
-render-smoke: $(VENV)/.installed ## print the smoke Job's YAML
+render-smoke: $(SUBMIT_VENV)/.installed ## print the smoke Job's YAML
 	@$(call SUBMIT,smoke,) --dry-run
 
 # The kind is the config file's prefix: configs/paper/grpo_*.yaml -> grpo.
 PREFETCH_CONFIG = $(or $(CONFIG),$(GRPO_CONFIG))
 .PHONY: prefetch-model
-prefetch-model: $(VENV)/.installed ## download CONFIG's model and dataset into the cluster's model_cache_pvc (a Job)
+prefetch-model: $(SUBMIT_VENV)/.installed ## download CONFIG's model and dataset into the cluster's model_cache_pvc (a Job)
 	$(call SUBMIT,$(firstword $(subst _, ,$(notdir $(PREFETCH_CONFIG)))),$(PREFETCH_CONFIG)) --prefetch-model
 
 .PHONY: status logs cancel
-status: $(VENV)/.installed ## show a run (RUN=name)
+status: $(SUBMIT_VENV)/.installed ## show a run (RUN=name)
 	$(RLV) status $(RUN) $(CLUSTER_ARGS)
-logs: $(VENV)/.installed ## follow a run's logs (RUN=name)
+logs: $(SUBMIT_VENV)/.installed ## follow a run's logs (RUN=name)
 	$(RLV) logs $(RUN) -f $(CLUSTER_ARGS)
-cancel: $(VENV)/.installed ## delete a run's objects and pods (RUN=name)
+cancel: $(SUBMIT_VENV)/.installed ## delete a run's objects and pods (RUN=name)
 	$(RLV) cancel $(RUN) $(CLUSTER_ARGS)
 
 .PHONY: k8s-examples
@@ -175,4 +185,4 @@ k8s-examples: $(VENV)/.installed ## re-render the golden manifests in k8s/exampl
 
 .PHONY: clean
 clean: ## remove the environment and caches
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(CLUSTER_VENV) .pytest_cache build *.egg-info

@@ -66,13 +66,15 @@ class Namespace:
         self.core, self.batch = client.CoreV1Api(self.api), client.BatchV1Api(self.api)
         self.networking = client.NetworkingV1Api(self.api)
         self.core.create_namespace({"metadata": {"name": name, "labels": RESTRICTED}})
-        self.core.create_persistent_volume({"metadata": {"name": f"{name}-data"}, "spec": {
-            "capacity": {"storage": "2Ti"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-            "nfs": {"server": "nfs.example.org", "path": "/data"},
-            "claimRef": {"namespace": name, "name": "rlvsdistill-data"}}})
-        self.core.create_namespaced_persistent_volume_claim(name, {"metadata": {"name": "rlvsdistill-data"}, "spec": {
-            "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"{name}-data",
-            "resources": {"requests": {"storage": "2Ti"}}}})
+        for claim in ("rlvsdistill-data", "rlvsdistill-models"):  # k8s/pvc.yaml, k8s/model-cache-pvc.yaml
+            volume = f"{name}-{claim}"
+            self.core.create_persistent_volume({"metadata": {"name": volume}, "spec": {
+                "capacity": {"storage": "2Ti"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                "nfs": {"server": "nfs.example.org", "path": f"/{claim}"},
+                "claimRef": {"namespace": name, "name": claim}}})
+            self.core.create_namespaced_persistent_volume_claim(name, {"metadata": {"name": claim}, "spec": {
+                "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
+                "resources": {"requests": {"storage": "2Ti"}}}})
         for doc in yaml.safe_load_all((ROOT / "k8s" / "rbac.yaml").read_text()):
             if doc["kind"].startswith("Cluster"):
                 doc["metadata"]["name"] += f"-{name}"
@@ -119,7 +121,8 @@ class Namespace:
                     pass
             time.sleep(0.5)
         self.kubelet.stop.set()
-        self.core.delete_persistent_volume(f"{self.name}-data")
+        for claim in ("rlvsdistill-data", "rlvsdistill-models"):
+            self.core.delete_persistent_volume(f"{self.name}-{claim}")
 
 
 @pytest.fixture
@@ -331,6 +334,16 @@ def test_config_map_and_network_policy_go_with_their_job(ns):
     wait_until(lambda: not ns.core.list_namespaced_config_map(ns.name, label_selector="rlvsdistill.io/run=run-a").items
                and not ns.networking.list_namespaced_network_policy(ns.name).items, 60,
                "the garbage collector to delete the ConfigMap and NetworkPolicy")
+
+
+def test_a_missing_volume_or_account_is_refused_before_anything_is_created(ns, capsys):
+    ns.core.delete_namespaced_service_account("rlvsdistill-merge", ns.name)
+    ns.core.delete_namespaced_persistent_volume_claim("rlvsdistill-data", ns.name)
+    assert main(submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
+                            "configs/cluster/single-node.yaml", "ev")) == 2
+    assert (f"namespace {ns.name} has no PersistentVolumeClaim rlvsdistill-data, ServiceAccount rlvsdistill-merge"
+            in capsys.readouterr().err)
+    assert ns.core.list_namespaced_config_map(ns.name, label_selector="rlvsdistill.io/run=ev").items == []
 
 
 def test_a_failed_create_deletes_what_was_created(ns, capsys):

@@ -96,6 +96,20 @@ class Cluster:
             raise
         return [int((n.status.allocatable or {}).get(resource, "0")) for n in nodes if not n.spec.unschedulable]
 
+    def missing(self, kind: str, name: str) -> bool | None:
+        """Whether a PersistentVolumeClaim or ServiceAccount is absent; None when the user may not read it."""
+        read = {"PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+                "ServiceAccount": self.core.read_namespaced_service_account}[kind]
+        try:
+            read(name, self.namespace)
+            return False
+        except self.ApiException as exc:
+            if exc.status == 404:
+                return True
+            if exc.status in (401, 403):
+                return None
+            raise
+
     # -- writing -------------------------------------------------------------------------------------------
 
     def create(self, obj: dict, dry_run: bool = False) -> dict:
@@ -167,6 +181,23 @@ def check_fits(objects: list[dict], cluster: Cluster, resource: str) -> None:
                                 "sft_gpus_per_node / tensor_parallel_size in the settings or config")
 
 
+def check_prerequisites(objects: list[dict], cluster: Cluster) -> None:
+    """Refuse a run whose pods name a PVC or service account the namespace lacks (they would wait for ever)."""
+    needed = set()
+    for obj in objects:
+        for spec in ([obj["spec"]["template"]["spec"]] if obj["kind"] == "Job" else [
+                r["template"]["spec"] for r in obj["spec"]["pytorchReplicaSpecs"].values()] if obj["kind"] ==
+                "PyTorchJob" else []):
+            needed |= {("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"])
+                       for v in spec["volumes"] if "persistentVolumeClaim" in v}
+            if spec.get("serviceAccountName"):
+                needed.add(("ServiceAccount", spec["serviceAccountName"]))
+    absent = [f"{kind} {name}" for kind, name in sorted(needed) if cluster.missing(kind, name)]
+    if absent:
+        raise UserError(f"namespace {cluster.namespace} has no {', '.join(absent)}: create them first "
+                        "(k8s/pvc.yaml, k8s/model-cache-pvc.yaml, k8s/rbac.yaml)")
+
+
 def submit(run: Run, cluster: Cluster, replace: bool = False, pytorchjob_schema: dict | None = None) -> list[str]:
     """Validate, check the GPU fit, refuse an existing run unless ``replace``, create the objects (deleting the
     created ones again if a later create fails), then hand the ConfigMap and NetworkPolicy to the workloads;
@@ -178,6 +209,7 @@ def submit(run: Run, cluster: Cluster, replace: bool = False, pytorchjob_schema:
     if problems:
         raise UserError("the rendered objects do not validate:\n  " + "\n  ".join(problems))
     check_fits(objects, cluster, run.settings.gpu_resource)
+    check_prerequisites(objects, cluster)
     existing = cluster.run_objects(run.name)
     if existing:
         if not replace:
