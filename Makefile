@@ -38,7 +38,10 @@ CLUSTER_ARGS = --cluster $(CLUSTER) $(if $(NAMESPACE),--namespace $(NAMESPACE))
 IMAGE_ARGS = $(if $(IMAGE_REF),--image '$(IMAGE_REF)') $(if $(REGISTRY),--registry '$(REGISTRY)') \
   $(if $(or $(if $(IMAGE_REF),,default),$(filter-out file,$(origin IMAGE_TAG))),--image-tag '$(IMAGE_TAG)') \
   $(if $(LOCAL_IMAGE),--local-image)
-SUBMIT = $(RLV) submit $(1) $(if $(2),--config $(or $(CONFIG),$(2))) $(IMAGE_ARGS) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD))
+# OVERRIDES: KEY=VALUE words for the job config, e.g. OVERRIDES=gradient_accumulation_steps=5 on multi-node.yaml.
+OVERRIDES ?=
+SUBMIT = $(RLV) submit $(1) $(if $(2),--config $(or $(CONFIG),$(2))) $(IMAGE_ARGS) $(CLUSTER_ARGS) \
+  $(if $(CRD),--crd $(CRD)) $(OVERRIDES)
 
 .DEFAULT_GOAL := help
 

@@ -460,7 +460,8 @@ def test_submit_path_imports_neither_torch_nor_trl():
     code = ("import sys; sys.modules.update(dict.fromkeys(('torch', 'trl', 'transformers', 'deepspeed', "
             "'accelerate', 'datasets', 'peft', 'vllm'))); from rlvsdistill.cli import main; "
             "rc = main(['submit', 'grpo', '--config', 'configs/paper/grpo_qwen2.5_3b.yaml', '--registry', 'r.example/team', '--image-tag', 't', "
-            "'--cluster', 'configs/cluster/multi-node.yaml', '--dry-run', 'learning_rate=2e-6']); "
+            "'--cluster', 'configs/cluster/multi-node.yaml', '--dry-run', 'learning_rate=2e-6', "
+            "'gradient_accumulation_steps=5']); "
             "heavy = sorted(m for m in ('torch', 'trl', 'transformers', 'deepspeed') if sys.modules[m]); "
             "print('heavy:', heavy); sys.exit(rc or bool(heavy))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
@@ -488,8 +489,8 @@ def test_make_render_puts_the_registry_and_tag_in_every_container():
     env.pop("IMAGE_TAG", None)
     env.pop("REGISTRY", None)
     proc = subprocess.run(["make", "-s", "render-grpo", "REGISTRY=r.example/team", "IMAGE_TAG=abc",
-                           "CLUSTER=configs/cluster/multi-node.yaml"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+                           "CLUSTER=configs/cluster/multi-node.yaml", "OVERRIDES=gradient_accumulation_steps=5"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     objects = [d for d in yaml.safe_load_all(proc.stdout) if d]
     containers = list(_containers(objects))

@@ -3,10 +3,11 @@
 import json
 import re
 import shutil
+import sys
 
 import pytest
 
-from conftest import kill_shard_after_first_part, run_cli, write_yaml
+from conftest import ROOT, kill_shard_after_first_part, run_cli, write_yaml
 from rlvsdistill.cli import main
 from rlvsdistill.config import load_config
 from rlvsdistill.evaluate import merge, run_shard
