@@ -194,20 +194,19 @@ def _keyword_pattern(keyword: str) -> re.Pattern:
     return re.compile(words[0] + start + "".join(rf"\s+{w}" for w in words[1:]) + end)
 
 
-@functools.lru_cache(maxsize=1024)
-def _keyword_probe(keyword: str) -> str:
-    """A substring that every match of the keyword contains: its first word, lower case, up to an apostrophe."""
-    return keyword.lower().split()[0].split("'")[0]
+@functools.lru_cache(maxsize=64)
+def _matchers(keywords: tuple[str, ...]) -> list[tuple[str, str, Callable]]:
+    """(keyword, probe, findall) per keyword: the probe, its longest word, is in every match, and a substring test
+    for it is much cheaper than the regex (it skips most keywords of most responses)."""
+    return [(kw, max(kw.lower().replace("'", " ").split(), key=len), _keyword_pattern(kw).findall)
+            for kw in keywords]
 
 
 def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict[str, int]:
     """Occurrences of each keyword in one response, case-insensitive, as whole words or phrases (so "ok" does
-    not match "look"). A response contains a keyword ("presence") when its count is above 0. A keyword whose
-    first word is absent from the text is not searched for: that substring test is what keeps this fast enough
-    for the 1.92M responses of a paper-size evaluation."""
+    not match "look"). A response contains a keyword ("presence") when its count is above 0."""
     lowered = text.lower()
-    return {kw: len(_keyword_pattern(kw).findall(lowered)) if _keyword_probe(kw) in lowered else 0
-            for kw in keywords}
+    return {kw: len(findall(lowered)) if probe in lowered else 0 for kw, probe, findall in _matchers(tuple(keywords))}
 
 
 @dataclass(frozen=True)
