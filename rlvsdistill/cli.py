@@ -119,6 +119,18 @@ def _run_config_command(args) -> int:
     return 0
 
 
+def _add_launch(sub) -> None:
+    p = sub.add_parser("launch", help="run a PyTorchJob pod's training command; exit 143 (retryable) on failure")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... (accelerate launch ...)")
+    p.set_defaults(func=_run_launch)
+
+
+def _run_launch(args) -> int:
+    from .launch import run
+
+    return run(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
+
+
 def _add_tiny_model(sub) -> None:
     p = sub.add_parser("tiny-model", help="write a tiny random Qwen2 model and a locally trained tokenizer")
     p.add_argument("--out", required=True, help="output directory")
@@ -326,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_smoke(sub)
     _add_tiny_model(sub)
+    _add_launch(sub)
     return parser
 
 

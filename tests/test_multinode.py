@@ -227,10 +227,10 @@ def test_rendered_pytorchjob_resumes_after_the_worker_is_killed(tmp_path, tiny_m
             time.sleep(0.05)
         pods.kill("Worker")  # kill -9 of the Worker pod's process group, mid-run
         assert not (out / "final").exists(), "the run ended before the kill: raise max_steps"
-        # The Master's training process loses its peer and fails; its container exits non-zero (restartPolicy
-        # OnFailure then restarts it). It must not hang in a collective forever.
+        # The Master's training process loses its peer and fails, without hanging in a collective; its container
+        # exits in restartPolicy ExitCode's retryable range (128-255), so the operator recreates the pod.
         master_code = pods.procs["Master"].wait(timeout=300)
-        assert master_code != 0
+        assert 128 <= master_code <= 255, master_code
         from rlvsdistill.paths import latest_complete_checkpoint
 
         resumed_from = latest_complete_checkpoint(out)

@@ -382,7 +382,10 @@ def network_policy(run: Run) -> dict:
 
 
 def _launch(run: Run, procs_per_node: int, nodes: int) -> list:
-    cmd = ["accelerate", "launch", "--config_file", ACCELERATE_ZERO3, "--deepspeed_config_file", DEEPSPEED_ZERO3,
+    # Several nodes: a PyTorchJob with restartPolicy ExitCode; `rlvsdistill launch` makes a failure that is not a
+    # config error (a lost peer, above all) exit 143, so the operator recreates the pod and the run resumes.
+    cmd = ["rlvsdistill", "launch", "--"] if nodes > 1 else []
+    cmd += ["accelerate", "launch", "--config_file", ACCELERATE_ZERO3, "--deepspeed_config_file", DEEPSPEED_ZERO3,
            "--num_processes", procs_per_node * nodes]
     if nodes > 1:
         # Set by the training operator in every PyTorchJob pod; Kubernetes substitutes $(VAR) from the env.
