@@ -88,7 +88,7 @@ def test_grpo_job_splits_gpus_and_runs_vllm_as_native_sidecar():
     assert sidecar["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert trainer["command"][trainer["command"].index("--num_processes") + 1] == "6"
     assert sidecar["restartPolicy"] == "Always"  # a native sidecar: the Job completes when the trainer exits
-    assert sidecar["startupProbe"]["httpGet"]["path"] == "/health"
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/health" and "startupProbe" not in sidecar
     assert sidecar["command"][sidecar["command"].index("--tensor_parallel_size") + 1] == "2"
     # 256 prompt tokens + 3840 completion tokens, as the config's vllm_max_model_length says
     assert sidecar["command"][sidecar["command"].index("--max_model_len") + 1] == "4096"
@@ -416,9 +416,14 @@ def test_kueue_startup_allowance_must_fit_wait_for_pods_ready(tmp_path, capsys):
     assert main(["submit", "grpo", "--config", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "--registry", REGISTRY,
                  "--image-tag", "t",
                  "--cluster", str(bad), "--dry-run"]) == 0
-    job = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d][-1]
+    out = capsys.readouterr().out
+    job = [d for d in yaml.safe_load_all(out) if d][-1]
     sidecar = job["spec"]["template"]["spec"]["initContainers"][0]
-    assert sidecar["startupProbe"]["failureThreshold"] * sidecar["startupProbe"]["periodSeconds"] == 600
+    # No startup probe (it would hold the trainer back for ever if vLLM never loaded): the trainer waits 600 s.
+    assert "startupProbe" not in sidecar and sidecar["readinessProbe"]["httpGet"]["path"] == "/health"
+    config = yaml.safe_load(next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "ConfigMap")["data"][
+        "config.yaml"])
+    assert config["vllm_server_timeout"] == 600
     assert job["spec"]["suspend"] is True
 
 

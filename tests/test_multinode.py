@@ -177,7 +177,7 @@ def render_multinode(tmp_path: Path, tiny_model, sevens, **overrides) -> tuple[d
               **overrides}
     run = prepare_run("sft", "configs/cpu/sft_tiny.yaml", [f"{k}={json.dumps(v)}" for k, v in values.items()],
                       settings, "registry.example.org/team/rlvsdistill:test")
-    config_map, job = render_objects(run)
+    config_map, _network_policy, job = render_objects(run)
     assert job["kind"] == "PyTorchJob" and job["spec"]["nprocPerNode"] == "1"
     return config_map, job
 

@@ -96,7 +96,8 @@ def test_checks_fail_on_missing_or_short_results(tmp_path):
 
 def test_smoke_job_runs_the_same_steps_with_the_sidecar():
     settings = load_settings(str(ROOT / "configs" / "cluster" / "single-node.yaml"))
-    config_map, job = render_objects(prepare_run("smoke", None, ["max_steps=5"], settings, IMAGE))
+    config_map, policy, job = render_objects(prepare_run("smoke", None, ["max_steps=5"], settings, IMAGE))
+    assert policy["kind"] == "NetworkPolicy"  # the unauthenticated vLLM port: the run's own pods only
     pod = job["spec"]["template"]["spec"]
     [trainer], [init, sidecar] = pod["containers"], pod["initContainers"]
     options = smoke.load_options(None, **yaml.safe_load(config_map["data"]["config.yaml"]))  # a valid options file
@@ -110,6 +111,7 @@ def test_smoke_job_runs_the_same_steps_with_the_sidecar():
     gpus = [c["resources"]["limits"].get("nvidia.com/gpu") for c in (trainer, init, sidecar)]
     assert gpus == ["1", None, "1"]
     assert job["spec"]["backoffLimit"] == 0  # a smoke test that failed says so; it is not retried
+    assert job["spec"]["activeDeadlineSeconds"] == 3600  # and it fails within the hour whatever hangs
 
 
 @pytest.mark.parametrize("cluster", sorted((ROOT / "configs" / "cluster").glob("*.yaml")), ids=lambda p: p.name)
@@ -118,7 +120,7 @@ def test_smoke_job_validates(cluster):
     objects = render_objects(prepare_run("smoke", None, [], settings, IMAGE))
     crd = SHARED / "k8s" / "crds" / "kubeflow.org_pytorchjobs.yaml"
     schema = crd_schema_from_file(crd) if crd.exists() else None
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Job"]
+    assert [o["kind"] for o in objects] == ["ConfigMap", "NetworkPolicy", "Job"]
     assert validate_objects(objects, settings.kubernetes_version, schema) == []
 
 

@@ -134,7 +134,7 @@ def prepare_run(kind: str, config_path: str, overrides: list[str], settings: Clu
     if kind == "grpo" and settings.vllm_gpus:
         # The sidecar's address is the cluster's business: the trainer reaches it on localhost.
         values.update(use_vllm=True, vllm_mode="server", vllm_server_host="127.0.0.1",
-                      vllm_server_port=settings.vllm_port)
+                      vllm_server_port=settings.vllm_port, vllm_server_timeout=settings.vllm_startup_seconds)
     if kind in ("eval", "generate"):
         values.setdefault("merge_wait_seconds", settings.merge_wait_seconds)
     return Run(kind, name, config_path, values, settings, image, cluster_path, resume_anyway, prefetch,
@@ -297,7 +297,10 @@ def container(run: Run, name: str, command: list[str], gpus: int, secrets: tuple
 
 
 def vllm_sidecar(run: Run) -> dict:
-    """The vLLM server as a native sidecar: started first, probed on /health, stopped when the trainer exits."""
+    """The vLLM server as a native sidecar, stopped when the trainer exits. It has no startup probe: the kubelet
+    would hold the trainer back until it passed, for ever if vLLM never came up. The trainer waits for /health
+    instead (``vllm_server_timeout`` = ``vllm_startup_seconds``) and fails the pod when that runs out; the readiness
+    probe makes the pod Ready (what Kueue's waitForPodsReady watches) once the model is loaded."""
     cfg, s = run.config, run.settings
     max_len = cfg.get("vllm_max_model_length") or cfg.get("max_prompt_tokens", 512) + cfg.get(
         "max_completion_length", 256)
@@ -311,7 +314,6 @@ def vllm_sidecar(run: Run) -> dict:
     side["restartPolicy"] = "Always"
     side["ports"] = [{"name": "vllm", "containerPort": s.vllm_port},
                      {"name": "weight-sync", "containerPort": VLLM_GROUP_PORT}]
-    side["startupProbe"] = {**probe, "failureThreshold": max(1, s.vllm_startup_seconds // 10)}
     side["readinessProbe"] = {**probe, "failureThreshold": 3}
     return side
 
@@ -500,6 +502,7 @@ def prefetch_objects(run: Run) -> list[dict]:
 
 
 SMOKE_INIT_STEPS, SMOKE_STEPS = ["tiny-model"], ["grpo-vllm-server", "eval"]
+SMOKE_DEADLINE_SECONDS = 3600
 
 
 def smoke_objects(run: Run) -> list[dict]:
@@ -512,7 +515,9 @@ def smoke_objects(run: Run) -> list[dict]:
     one_gpu_server = dataclasses.replace(run, settings=dataclasses.replace(run.settings, vllm_gpus=1))
     template = pod_template(run, [smoke("smoke", SMOKE_STEPS, 1)],
                             [smoke("tiny-model", SMOKE_INIT_STEPS, 0), vllm_sidecar(one_gpu_server)])
-    return [config_map(run), _job(run, run.name, template, backoffLimit=0)]
+    # A deadline: whatever hangs (a model vLLM cannot load, a GPU that never frees), the Job fails within the hour.
+    return [config_map(run), network_policy(run),
+            _job(run, run.name, template, backoffLimit=0, activeDeadlineSeconds=SMOKE_DEADLINE_SECONDS)]
 
 
 def render_objects(run: Run) -> list[dict]:

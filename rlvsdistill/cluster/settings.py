@@ -52,7 +52,8 @@ class ClusterSettings:
     vllm_gpus: int = field(default=1, metadata={"help": "GPUs of the vLLM server sidecar (on the first node)"})
     vllm_port: int = 8000
     vllm_gpu_memory_utilization: float = 0.9
-    vllm_startup_seconds: int = field(default=1800, metadata={"help": "how long the sidecar may take to load"})
+    vllm_startup_seconds: int = field(default=1800, metadata={
+        "help": "how long the trainer waits for the vLLM sidecar to load (GRPOConfig.vllm_server_timeout)"})
     sft_nodes: int = 1
     sft_gpus_per_node: int = 8
     eval_parallelism: int = field(default=4, metadata={"help": "evaluation shards running at once"})
