@@ -101,7 +101,8 @@ comma := ,
 LOCK ?= images/requirements.lock
 LOCK_INDEX ?=
 BASE ?=
-IMAGE_BUILD_ARGS = -f images/Dockerfile --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg VERSION=$(VERSION) \
+# linux/amd64: the lock's wheels are x86_64 (an arm64 laptop would otherwise build for arm64 and fail the hashes).
+IMAGE_BUILD_ARGS = -f images/Dockerfile --platform linux/amd64 --build-arg GIT_COMMIT=$(GIT_SHA) --build-arg VERSION=$(VERSION) \
   --build-arg LOCK=$(LOCK) \
   $(if $(BASE),--build-arg BASE=$(BASE)) $(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(CA_BUNDLE)) \
   -t $(IMAGE):$(GIT_SHA) -t $(IMAGE):$(VERSION)

@@ -107,7 +107,7 @@ def test_killed_pod_restarts_and_resumes_from_the_volume():
 
 
 def test_multi_node_pytorchjob_keeps_the_sidecar_on_the_master():
-    settings = load_settings("configs/cluster/multi-node.yaml")
+    settings = dataclasses.replace(load_settings("configs/cluster/multi-node.yaml"), queue="gpu-queue")
     job = render_objects(grpo_run(settings))[-1]
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert replicas["Worker"]["replicas"] == settings.grpo_nodes - 1

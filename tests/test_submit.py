@@ -291,8 +291,8 @@ def merge_reader(ns, job, tmp_path):
 
 
 def test_a_queued_run_waits_suspended_until_kueue_admits_it(ns, tmp_path):
-    args = submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
-                       "configs/cluster/multi-node.yaml", name="ev")  # multi-node.yaml names a Kueue queue
+    queued = cluster_file(tmp_path, queue="gpu-queue")  # a Kueue LocalQueue (multi-node.yaml's commented line)
+    args = submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", queued, name="ev")
     assert main(args) == 0
     job = ns.batch.read_namespaced_job("ev", ns.name)
     assert job.spec.suspend is True and job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
@@ -397,7 +397,7 @@ def test_pytorchjob_worker_pod_with_the_operators_init_container_under_restricte
     def operator_pod(init_template: str) -> dict:
         text = (init_template.replace("{{.InitContainerImage}}", "alpine:3.10").replace("{{.MaxTries}}", "100")
                 .replace("{{.MasterAddr}}", "pt-master-0"))
-        spec = {**worker["spec"], "initContainers": yaml.safe_load(text), "restartPolicy": "OnFailure"}
+        spec = {**worker["spec"], "initContainers": yaml.safe_load(text), "restartPolicy": "Never"}
         env = [{"name": "MASTER_ADDR", "value": "pt-master-0"}, {"name": "MASTER_PORT", "value": "23456"},
                {"name": "RANK", "value": "1"}, {"name": "WORLD_SIZE", "value": "2"}]
         spec["containers"] = [{**c, "env": c["env"] + env} for c in spec["containers"]]
