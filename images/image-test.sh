@@ -57,6 +57,6 @@ fi
 echo "image-test: caches written under /cache: $(cd "$run_dir/cache" && find . -mindepth 1 -maxdepth 2 -type d | sort | tr '\n' ' ')"
 t_end=$(date +%s)
 
-size=$("${buildah[@]}" images --format '{{.Size}}' "$tag" | head -1)
+size=$("${buildah[@]}" images --format '{{.Size}}' "$tag" | sed -n 1p)  # sed reads it all: no SIGPIPE under pipefail
 echo "image-test: PASS: $tag, $size; base $((t_base - t0)) s, build $((t_build - t_base)) s," \
     "checks $((t_end - t_build)) s, total $((t_end - t0)) s"
