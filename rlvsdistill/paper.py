@@ -8,6 +8,7 @@ from __future__ import annotations
 
 MODELS = {"qwen2.5-math-1.5b": "Qwen2.5-Math-1.5B", "qwen2.5-3b": "Qwen2.5-3B"}
 SPLITS = {"math500": "MATH-500", "math-train": "MATH train"}
+SPLIT_DATASETS = {"math500": "math500", "math-train": "math_train"}  # the eval configs' dataset_name of each split
 
 # (model, split) -> {row: (accuracy, maj@256, pass@256)}, in percent as printed.
 TABLE3: dict[tuple[str, str], dict[str, tuple[float, float, float]]] = {

@@ -201,6 +201,11 @@ class Report:
             rows.append([r.name, r.n, *(f"{100 * v:.1f}%" for v in (pooled["accuracy"], pooled["maj"],
                                                                   r.pass_curve()[r.n]))])
         notes = [f"The paper's RL model for {paper.MODELS[model]} is {paper.RL_MODEL[model]}."]
+        dataset = paper.SPLIT_DATASETS[split]
+        elsewhere = [r.name for r in self.runs if r.summary.get("run", {}).get("dataset") not in (None, dataset)]
+        if elsewhere:
+            notes.append(f"Not evaluated on {paper.SPLITS[split]} ({dataset}), so not comparable with these rows: "
+                         f"{', '.join(elsewhere)} (pick the split with --paper-split).")
         if any(r.n != PAPER_N for r in self.runs):
             notes.append(f"Runs with n != {PAPER_N} show maj@n and pass@n, which are not comparable with @256.")
         if len(self.base.problems) != len(self.base.summary["per_problem"]):

@@ -238,3 +238,22 @@ def test_old_summary_without_per_problem_blocks_is_refused(tmp_path, capsys):
     assert main(["report", str(tmp_path / "old"), "--out", str(tmp_path / "out")]) == 2
     assert "no per_problem block" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_paper_rows_name_the_runs_of_another_split(runs, tmp_path):
+    """A MATH-train run printed beside MATH-500's Table 3 rows is named as not comparable (and vice versa)."""
+    import shutil
+
+    _, base_dir, rl_dir = runs
+    train_dir = tmp_path / "rl-train"
+    shutil.copytree(rl_dir, train_dir)
+    summary = json.loads((train_dir / "summary.json").read_text())
+    summary["run"]["dataset"] = "math_train"
+    (train_dir / "summary.json").write_text(json.dumps(summary))
+    for split, flagged in (("math500", "rl-train"), ("math-train", None)):
+        out = tmp_path / f"report-{split}"
+        assert main(["report", str(base_dir), str(train_dir), "--out", str(out), "--paper", "qwen2.5-3b",
+                     "--paper-split", split]) == 0
+        note = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("Not evaluated on")]
+        assert note == ([f"Not evaluated on MATH-500 (math500), so not comparable with these rows: {flagged} (pick "
+                         "the split with --paper-split)."] if flagged else [])
