@@ -5,7 +5,7 @@
 # mounted places. Prints the image's size and the time each part took.
 #
 # Needs root, buildah and mmdebstrap (.ci/run installs them), PyPI and the distribution's archive.
-# Storage: vfs (no overlay here), so every layer is a full copy: about 24 GB of disk at the peak. Build outputs
+# Storage: vfs (no overlay here), so every layer is a full copy: about 25 GB of disk at the peak. Build outputs
 # live in $IMAGE_TEST_WORK (default /var/tmp/rlvsdistill-image-test) and buildah's storage, never in the repo.
 # The built image is removed at the end unless IMAGE_TEST_KEEP=1 (the small stand-in base is kept).
 # A TLS-intercepting proxy: the build trusts what the host trusts (CA_BUNDLE, default the host's bundle).
