@@ -216,6 +216,7 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
                 for v in values}
     summary["correct_counts"] = dict(sorted(correct_counts.items()))
     per_problem = {}
+    counts_of = {id(s): c for s, c in zip(samples, counts)}  # each response's keyword counts, computed once
     for pid, g in groups.items():
         sides = {"correct": [s for s in g if s.correct], "wrong": [s for s in g if not s.correct]}
         per_problem[pid] = {
@@ -223,10 +224,10 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
             "majority_correct": majority_correct([x.key for x in g], [x.correct for x in g]),
             "answer_entropy_nats": answer_entropy([x.key for x in g], [x.correct for x in g]),
             "length_sum": {side: sum(length_of(s) for s in members) for side, members in sides.items()},
-            "keyword_occurrences": {side: [sum(keyword_counts(s.response, keywords)[kw] for s in members)
-                                           for kw in keywords] for side, members in sides.items()},
-            "keyword_responses": {side: [sum(keyword_counts(s.response, keywords)[kw] > 0 for s in members)
-                                         for kw in keywords] for side, members in sides.items()},
+            "keyword_occurrences": {side: [sum(counts_of[id(s)][kw] for s in members) for kw in keywords]
+                                    for side, members in sides.items()},
+            "keyword_responses": {side: [sum(counts_of[id(s)][kw] > 0 for s in members) for kw in keywords]
+                                  for side, members in sides.items()},
         }
     summary["per_problem"] = per_problem
     return summary
