@@ -38,7 +38,7 @@ def test_streaming_merge_equals_the_old_merge_on_128k_samples(tmp_path):
     assert written["problems"] == 500 and sum(written["verdicts"].values()) == 128_000
     # Not a degenerate run: the synthetic difficulties fill every bin and both correct and wrong samples exist.
     assert all(row["problems"] > 0 for row in written["difficulty_bins"])
-    assert 0.2 < written["accuracy"] < 0.8 and written[f"maj@n:n=256"] != written["accuracy"]
+    assert 0.2 < written["accuracy"] < 0.8 and written["maj@n:n=256"] != written["accuracy"]
 
 
 def _peak_merge_bytes(cfg, fn) -> int:
