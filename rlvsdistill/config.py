@@ -129,6 +129,8 @@ class SamplingFields:
     backend: str = field(default="auto", metadata={"help": "auto (vLLM when usable, else HF), vllm, or hf"})
     tensor_parallel_size: int = 1
     vllm_max_model_length: int | None = None
+    vllm_gpu_memory_utilization: float = field(default=0.9, metadata={
+        "help": "vLLM's share of GPU memory (of RAM on vLLM's CPU build)"})
 
 
 @dataclass

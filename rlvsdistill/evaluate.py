@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .data import Problem, format_prompt, load_problems
-from .generation import Completion, Sampling, make_generator
+from .generation import Completion, Sampling, check_vllm_settings, make_generator
 from .grading import GraderPool
 from .io import UserError, atomic_open, read_jsonl, read_jsonl_lines, write_json, write_jsonl
 from .paths import (
@@ -122,6 +122,8 @@ def run_shard(cfg, generator=None, kind: str = "eval") -> Path:
     shard = shard_dir(run_dir, index, cfg.num_shards)
     check_resume(run_dir)  # every shard: parts of another config are never resumed
     check_identity(shard, cfg)
+    if generator is None and cfg.backend == "vllm":  # refused settings are named before anything is written
+        check_vllm_settings(cfg.model_name_or_path, cfg.model_revision, cfg.vllm_gpu_memory_utilization)
     shard.mkdir(parents=True, exist_ok=True)
     write_json(shard / SHARD_IDENTITY, run_identity(cfg))
     if index == 0:
@@ -137,7 +139,8 @@ def run_shard(cfg, generator=None, kind: str = "eval") -> Path:
         sampling = Sampling(cfg.n, cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_tokens, cfg.seed)
         pool = GraderPool(workers=cfg.grader_workers)  # workers start while the model loads
         generator = generator or make_generator(cfg.backend, cfg.model_name_or_path, cfg.model_revision,
-                                                cfg.tensor_parallel_size, cfg.vllm_max_model_length)
+                                                cfg.tensor_parallel_size, cfg.vllm_max_model_length,
+                                                cfg.vllm_gpu_memory_utilization)
         tokenizer = getattr(generator, "tokenizer", None)
         done = sum(len(parts[i]) for i in range(len(parts)) if i not in todo)
         progress = Progress(f"{kind} shard {index}", len(mine), done, scale=cfg.n, unit="samples")

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from .io import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -86,10 +88,11 @@ class HFGenerator:
 
 
 class VLLMGenerator:
-    """vLLM offline ``LLM.generate`` with n samples per prompt and a per-problem seed (GPU only)."""
+    """vLLM offline ``LLM.generate`` with n samples per prompt and a per-problem seed (CUDA, or vLLM's CPU build)."""
 
     def __init__(self, model: str, revision: str | None = None, tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9):
+        check_vllm_settings(model, revision, gpu_memory_utilization)
         from vllm import LLM
 
         self.llm = LLM(model=model, revision=revision, tensor_parallel_size=tensor_parallel_size,
@@ -108,6 +111,40 @@ class VLLMGenerator:
         return [[Completion(o.text, len(o.token_ids)) for o in r.outputs] for r in results]
 
 
+def _meminfo_bytes(key: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise UserError(f"/proc/meminfo has no {key}")
+
+
+def check_vllm_settings(model: str, revision: str | None, gpu_memory_utilization: float,
+                        memory_key: str = "vllm_gpu_memory_utilization") -> None:
+    """Refuse, before vLLM starts, what its CPU build would refuse with a traceback from inside its engine process:
+    a head size its CPU attention lacks, and a memory fraction (of RAM, on CPU) larger than what is free."""
+    import torch
+
+    if not 0 < gpu_memory_utilization <= 1:
+        raise UserError(f"{memory_key}: {gpu_memory_utilization} is not a fraction in (0, 1]")
+    if torch.cuda.is_available():
+        return
+    from transformers import AutoConfig
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    config = AutoConfig.from_pretrained(model, revision=revision)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    sizes = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in sizes:
+        raise UserError(f"model_name_or_path: {model} has head size {head_dim} (hidden_size / num_attention_heads), "
+                        f"which vLLM's CPU attention does not support (it supports {sizes}); use backend: hf")
+    total, free = _meminfo_bytes("MemTotal"), _meminfo_bytes("MemAvailable")
+    if gpu_memory_utilization * total > free:
+        raise UserError(f"{memory_key}: {gpu_memory_utilization} of this machine's {total / 2**30:.1f} GiB of RAM "
+                        f"(vLLM's CPU build reserves that fraction of RAM) is more than the {free / 2**30:.1f} GiB "
+                        f"available; use at most {free / total:.2f}")
+
+
 def vllm_usable() -> tuple[bool, str]:
     """(True, '') when vLLM can run here, else (False, the reason)."""
     try:
@@ -124,7 +161,7 @@ def vllm_usable() -> tuple[bool, str]:
 
 
 def make_generator(backend: str, model: str, revision: str | None = None, tensor_parallel_size: int = 1,
-                   max_model_len: int | None = None) -> Generator:
+                   max_model_len: int | None = None, gpu_memory_utilization: float = 0.9) -> Generator:
     """``vllm``, ``hf``, or ``auto`` (vLLM when it can run here, else HF)."""
     if backend == "auto":
         ok, why = vllm_usable()
@@ -132,7 +169,7 @@ def make_generator(backend: str, model: str, revision: str | None = None, tensor
         if not ok:
             logger.info("generation backend: hf (%s)", why)
     if backend == "vllm":
-        return VLLMGenerator(model, revision, tensor_parallel_size, max_model_len)
+        return VLLMGenerator(model, revision, tensor_parallel_size, max_model_len, gpu_memory_utilization)
     if backend == "hf":
         return HFGenerator(model, revision)
     raise ValueError(f"unknown generation backend {backend!r}; expected auto, vllm or hf")

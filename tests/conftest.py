@@ -33,6 +33,18 @@ def tiny_model(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture(scope="session")
+def vllm_model(tmp_path_factory):
+    """The tiny model at hidden 128 (head size 32): vLLM's CPU attention needs a head size of at least 32."""
+    from rlvsdistill.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-vllm") / "model", hidden_size=128)
+
+
+# vLLM's CPU build reserves this fraction of RAM (its GPU memory setting); 0.9 fails on a shared machine.
+VLLM_CPU_MEMORY = 0.15
+
+
 def write_yaml(path, values: dict):
     import yaml
 
