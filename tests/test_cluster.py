@@ -120,6 +120,35 @@ def test_multi_node_pytorchjob_keeps_the_sidecar_on_the_master():
     assert {r["restartPolicy"] for r in replicas.values()} == {"ExitCode"}
 
 
+def _nccl_host(container):
+    env = [e["name"] for e in container["env"]]
+    value = {e["name"]: e for e in container["env"]}.get("NCCL_HOSTID", {}).get("value")
+    if value is not None:  # $(POD_UID) expands only when POD_UID is defined earlier in the list
+        assert env.index("POD_UID") < env.index("NCCL_HOSTID")
+        assert {e["name"]: e for e in container["env"]}["POD_UID"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+            "metadata.uid"
+    return value
+
+
+@pytest.mark.parametrize("cluster", ["configs/cluster/single-node.yaml", "configs/cluster/multi-node.yaml"])
+def test_trainer_and_sidecar_have_host_ids_of_their_own(cluster):
+    """They share the pod's hostname and the node's boot_id: NCCL must not take them for one host (nccl#1529)."""
+    job = render_objects(grpo_run(load_settings(cluster)))[-1]
+    specs = job["spec"].get("pytorchReplicaSpecs") or {"Master": job["spec"]}
+    pod = specs["Master"]["template"]["spec"]
+    [trainer], sidecar = pod["containers"], pod["initContainers"][-1]
+    assert (_nccl_host(trainer), _nccl_host(sidecar)) == ("$(POD_UID)-trainer", "$(POD_UID)-vllm")
+    if "Worker" in specs:  # a worker pod runs on a node of its own, with no sidecar: NCCL's default id is right
+        assert _nccl_host(specs["Worker"]["template"]["spec"]["containers"][0]) is None
+    smoke = render_objects(prepare_run("smoke", None, [], ClusterSettings(), f"{REGISTRY}/rlvsdistill:t"))[-1]
+    spec = smoke["spec"]["template"]["spec"]
+    assert (_nccl_host(spec["containers"][0]), _nccl_host(spec["initContainers"][-1])) == \
+        ("$(POD_UID)-trainer", "$(POD_UID)-vllm")
+    sft = render_objects(prepare_run("sft", "configs/paper/sft_qwen2.5_math_1.5b.yaml", ["global_batch_size=null"],
+                                     load_settings("configs/cluster/single-node.yaml"), f"{REGISTRY}/rlvsdistill:t"))[-1]
+    assert _nccl_host(sft["spec"]["template"]["spec"]["containers"][0]) is None
+
+
 def test_pods_are_non_root_and_secrets_are_references():
     job = render_objects(grpo_run())[-1]
     pod = job["spec"]["template"]["spec"]

@@ -296,6 +296,16 @@ def container(run: Run, name: str, command: list[str], gpus: int, secrets: tuple
     }
 
 
+def nccl_host_env(role: str) -> list[dict]:
+    """A host id of its own for each container of a pod holding the vLLM sidecar. The trainer and the sidecar share
+    the pod's hostname and the node's boot_id, from which NCCL derives its host hash, so NCCL would take them for
+    one host and try P2P / shared memory / NVML lookups on GPUs the other container cannot see (NVIDIA/nccl#1529);
+    a distinct NCCL_HOSTID (the pod's uid plus the container) makes the weight-sync group use the network transport.
+    See docs/cluster.md, "Weight sync between the trainer and the sidecar"."""
+    return [{"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": "NCCL_HOSTID", "value": f"$(POD_UID)-{role}"}]
+
+
 def vllm_sidecar(run: Run) -> dict:
     """The vLLM server as a native sidecar, stopped when the trainer exits. It has no startup probe: the kubelet
     would hold the trainer back until it passed, for ever if vLLM never came up. The trainer waits for /health
@@ -310,6 +320,7 @@ def vllm_sidecar(run: Run) -> dict:
     if cfg.get("model_revision"):
         command += ["--revision", cfg["model_revision"]]
     side = container(run, "vllm", command, s.vllm_gpus)
+    side["env"] += nccl_host_env("vllm")
     probe = {"httpGet": {"path": "/health", "port": s.vllm_port}, "periodSeconds": 10, "timeoutSeconds": 5}
     side["restartPolicy"] = "Always"
     side["ports"] = [{"name": "vllm", "containerPort": s.vllm_port},
@@ -407,15 +418,17 @@ def training_objects(run: Run) -> list[dict]:
     sidecars = [vllm_sidecar(run)] if vllm else None
     command = _launch(run, train_gpus, nodes)
     secrets = ("hf", "wandb")
+    trainer = container(run, "trainer" if nodes == 1 else "pytorch", command, train_gpus, secrets)
+    if sidecars:
+        trainer["env"] += nccl_host_env("trainer")
     if nodes == 1:
-        template = pod_template(run, [container(run, "trainer", command, train_gpus, secrets)], sidecars)
+        template = pod_template(run, [trainer], sidecars)
         return [config_map(run), network_policy(run), _job(run, run.name, template)]
     # ExitCode: a failed pod is recreated whole (never the trainer alone beside a sidecar that still holds the
     # dead trainer's weight-sync group); 137/143 (killed) count as retryable, 1 as permanent.
     replica = {"restartPolicy": "ExitCode"}
     # The training operator requires the training container to be called "pytorch".
-    master = pod_template(run, [container(run, "pytorch", command, train_gpus, secrets)], sidecars,
-                          restart_policy=None)
+    master = pod_template(run, [trainer], sidecars, restart_policy=None)
     worker = pod_template(run, [container(run, "pytorch", command, train_gpus, secrets)], restart_policy=None)
     # Running: when the job ends, pods still running (hung peers holding GPUs) are deleted at once.
     run_policy = {"backoffLimit": s.backoff_limit, "cleanPodPolicy": "Running"}
@@ -513,7 +526,9 @@ def smoke_objects(run: Run) -> list[dict]:
                          gpus)
 
     one_gpu_server = dataclasses.replace(run, settings=dataclasses.replace(run.settings, vllm_gpus=1))
-    template = pod_template(run, [smoke("smoke", SMOKE_STEPS, 1)],
+    trainer = smoke("smoke", SMOKE_STEPS, 1)
+    trainer["env"] += nccl_host_env("trainer")
+    template = pod_template(run, [trainer],
                             [smoke("tiny-model", SMOKE_INIT_STEPS, 0), vllm_sidecar(one_gpu_server)])
     # A deadline: whatever hangs (a model vLLM cannot load, a GPU that never frees), the Job fails within the hour.
     return [config_map(run), network_policy(run),
