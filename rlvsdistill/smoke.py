@@ -94,6 +94,7 @@ class Step:
     env: dict[str, str] = field(default_factory=dict)
     check: Callable[[], str | None] = lambda: None  # a problem with what the step left, or None
     server: list[str] | None = None  # a vLLM server to start first (and stop after)
+    server_env: dict[str, str] = field(default_factory=dict)
 
 
 def _free_port() -> int:
@@ -132,8 +133,12 @@ def plan(opts: SmokeOptions, out: Path, gpus: int, steps: list[str], configs: Pa
             "max_prompt_tokens": 128, "answer_extract": "box", "num_generations": 4, "per_device_train_batch_size": 4,
             "max_completion_length": 32, "learning_rate": 1e-5, "use_vllm": False}
     vllm = {"use_vllm": True, "vllm_max_model_length": opts.vllm_max_model_length}
-    # Without a server to use, one is started here on the GPU after the trainer's.
-    trainer_env = {} if opts.vllm_server_host else {"CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))}
+    # Without a server to use, one is started here on the GPU after the trainer's, as the pod runs them: disjoint
+    # CUDA_VISIBLE_DEVICES and a host id each (render.nccl_host_env; the smoke Job's pod sets its own).
+    host_id = f"{socket.gethostname()}-{os.getpid()}"
+    trainer_env = {} if opts.vllm_server_host else {"CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus))),
+                                                    "NCCL_HOSTID": f"{host_id}-trainer"}
+    server_env = {"CUDA_VISIBLE_DEVICES": str(gpus), "NCCL_HOSTID": f"{host_id}-vllm"}
     port = opts.vllm_server_port if opts.vllm_server_host else _free_port()
     by_name: dict[str, Step] = {}
 
@@ -157,7 +162,7 @@ def plan(opts: SmokeOptions, out: Path, gpus: int, steps: list[str], configs: Pa
                   "--gpu_memory_utilization", "0.5", "--max_model_len", str(opts.vllm_max_model_length)]
     by_name["grpo-vllm-server"] = training("grpo-vllm-server", "grpo", {
         **grpo, **vllm, "vllm_mode": "server", "vllm_server_host": opts.vllm_server_host or "127.0.0.1",
-        "vllm_server_port": port}, gpus, env=trainer_env, server=server)
+        "vllm_server_port": port}, gpus, env=trainer_env, server=server, server_env=server_env)
     trained = next((out / s / "final" for s in GRPO_STEPS if s in steps), model)
     by_name["eval"] = Step("eval", [sys.executable, "-m", "rlvsdistill", "eval"], {
         "model_name_or_path": str(trained), "dataset_name": str(data / "problems.jsonl"),
@@ -210,8 +215,7 @@ def _run_step(step: Step, out: Path) -> str | None:
     server = None
     try:
         if step.server:
-            gpu = {"CUDA_VISIBLE_DEVICES": str(_cuda_gpus() - 1)}
-            server = subprocess.Popen(step.server, env={**os.environ, **gpu})
+            server = subprocess.Popen(step.server, env={**os.environ, **step.server_env})
             port = int(step.server[step.server.index("--port") + 1])
             problem = _wait_for_server(server, port)
             if problem:

@@ -80,7 +80,10 @@ def test_every_steps_config_is_valid_for_its_entrypoint(tmp_path):
     # No sidecar here: a server is started on the GPU after the trainer's.
     server = steps["grpo-vllm-server"]
     assert server.server[:2] == [str(os.path.join(os.path.dirname(sys.executable), "trl")), "vllm-serve"]
-    assert server.env == {"CUDA_VISIBLE_DEVICES": "0,1"}
+    # As in the pod: disjoint GPUs and a host id each, so that NCCL does not take them for one host (nccl#1529).
+    assert server.env["CUDA_VISIBLE_DEVICES"] == "0,1" and server.server_env["CUDA_VISIBLE_DEVICES"] == "2"
+    assert server.env["NCCL_HOSTID"].endswith("-trainer") and server.server_env["NCCL_HOSTID"].endswith("-vllm")
+    assert server.env["NCCL_HOSTID"][:-len("trainer")] == server.server_env["NCCL_HOSTID"][:-len("vllm")]
     assert server.config["vllm_server_port"] == int(server.server[server.server.index("--port") + 1])
 
 
