@@ -145,6 +145,23 @@ def check_vllm_settings(model: str, revision: str | None, gpu_memory_utilization
                         f"available; use at most {free / total:.2f}")
 
 
+def keep_vllm_cpu_weights_reloadable() -> None:
+    """vLLM's CPU build repacks each linear layer's weight for oneDNN when it loads a model and drops the original
+    (an empty Parameter without ``weight_loader``), so TRL's colocated weight sync (``load_weights`` after each
+    step) fails with "'Parameter' object has no attribute 'weight_loader'", and the packed copy would never see new
+    weights anyway. In this process, make those layers use plain ``torch.nn.functional.linear`` on their own
+    weight, vLLM's own fallback (its MLA ``_cpu_skip_gemm_dispatch``): slower, but trained weights are served.
+    Only on CPU; call before vLLM loads the model."""
+    import torch
+    from vllm.model_executor.layers import utils
+
+    def plain_linear(layer, remove_weight: bool) -> None:
+        layer.cpu_linear = torch.nn.functional.linear
+
+    utils.dispatch_cpu_unquantized_gemm = plain_linear
+    logger.warning("vLLM CPU build: linear layers run unpacked (torch linear) so that GRPO can sync weights into it")
+
+
 def vllm_usable() -> tuple[bool, str]:
     """(True, '') when vLLM can run here, else (False, the reason)."""
     try:

@@ -42,9 +42,13 @@ def main(cfg) -> None:
     from .common import CompletionMarker, prepare_run, train_and_save
 
     if cfg.use_vllm and cfg.vllm_mode == "colocate":  # a named error now, not a traceback from vLLM's engine
-        from ..generation import check_vllm_settings
+        import torch
+
+        from ..generation import check_vllm_settings, keep_vllm_cpu_weights_reloadable
 
         check_vllm_settings(cfg.model_name_or_path, cfg.model_revision, cfg.vllm_gpu_memory_utilization)
+        if not torch.cuda.is_available():
+            keep_vllm_cpu_weights_reloadable()
     out, resume = prepare_run(cfg, "grpo")
     tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path, revision=cfg.model_revision)
     problems = load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)
