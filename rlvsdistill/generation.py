@@ -93,10 +93,15 @@ class VLLMGenerator:
     def __init__(self, model: str, revision: str | None = None, tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, gpu_memory_utilization: float = 0.9):
         check_vllm_settings(model, revision, gpu_memory_utilization)
+        import torch
         from vllm import LLM
 
+        # vLLM's CPU build fails a seeded request whose prompt is split over steps (chunked prefill): it rewinds
+        # the request's torch.Generator with set_offset, which CPU generators lack ("CPU Generator does not use
+        # offset"). Whole prompts only, there.
+        cpu = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
         self.llm = LLM(model=model, revision=revision, tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization)
+                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization, **cpu)
         self.tokenizer = self.llm.get_tokenizer()
 
     def generate(self, prompts, problem_ids, sampling):

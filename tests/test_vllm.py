@@ -133,3 +133,24 @@ def test_settings_vllm_refuses_here_are_named_before_it_starts(tmp_path, tiny_mo
     done = run_cli("-m", "rlvsdistill", "eval", "--config", str(cfg))
     assert done.returncode != 0 and "vllm_gpu_memory_utilization: 1.0" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_teacher_sampling_on_vllm_gives_the_requested_shape(tmp_path, vllm_model, engine):
+    from rlvsdistill.train.generate import merge_main
+
+    cfg = load_config("generate", write_yaml(tmp_path / "g.yaml", {
+        "model_name_or_path": str(vllm_model), "dataset_name": str(_problems(tmp_path, count=4)), "backend": "vllm",
+        "prompt_template": "question_only", "n": 8, "max_tokens": 12, "keep": "all",
+        "vllm_gpu_memory_utilization": VLLM_CPU_MEMORY, "output_file": str(tmp_path / "out.jsonl")}))
+    run_shard(cfg, generator=engine, kind="generate")
+    stats = merge_main(cfg)
+    assert stats["samples"] == 32 and stats["kept"] == 32
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 32
+
+
+def test_a_batch_longer_than_one_step_samples_with_seeds(engine):
+    """More prompt tokens than vLLM schedules in one step (4096): with chunked prefill, vLLM's CPU build failed every
+    seeded request cut between steps ("CPU Generator does not use offset") and the engine died."""
+    prompts = [f"What is {i} + {i}? " * 20 for i in range(48)]  # ~48 x 150 tokens
+    out = engine.generate(prompts, [f"p{i}" for i in range(48)], Sampling(n=2, max_tokens=4, seed=1))
+    assert len(out) == 48 and all(len(s) == 2 for s in out)
