@@ -22,6 +22,13 @@ def _bins_spec(text: str) -> str:
     return text
 
 
+def _report_bins_spec(text: str) -> str:
+    """report --bins: as ``_bins_spec``, or 'figures' (each figure in its appendix binning)."""
+    from .report import PER_FIGURE
+
+    return text if text == PER_FIGURE else _bins_spec(text)
+
+
 BINS_HELP = ("bins of the correct count: a name (paper-main, paper-fig8, paper-fig10, paper-a6: the paper's bins "
              "for n = 256, scaled to other n by ceil(edge * n / 256)) or explicit edges covering 0..n, "
              "e.g. 0,1-4,5-16,17-256")
@@ -165,8 +172,9 @@ def _add_report(sub) -> None:
                        "capability, pass@k, and the paper's Figures 8, 9, 10, 13 and 14 by the base model's bins.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run directories with summary.json")
     p.add_argument("--out", required=True, help="output directory for report.md and the plots")
-    p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: each figure's own: paper-fig8 for "
-                   "Figures 8 and 9, paper-fig10 for Figure 10, paper-a6 for Figures 13 and 14)")
+    p.add_argument("--bins", type=_report_bins_spec, default="paper-main", help=BINS_HELP + " for every figure, or "
+                   "'figures': each in its appendix binning (paper-fig8 for Figures 8 and 9, paper-fig10 for "
+                   "Figure 10, paper-a6 for Figures 13 and 14) (default: %(default)s, the main text's)")
     p.add_argument("--hardest", type=int, metavar="K", help="only the K problems the base solves least often "
                    "(ties broken by problem id), e.g. 50 as in the paper's Figure 16")
     p.add_argument("--paper", choices=tuple(MODELS), help="print the paper's Table 3 rows for this model beside yours")

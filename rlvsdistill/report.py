@@ -9,7 +9,8 @@ runs' per-problem blocks (``metrics.ProblemStats.block``), joined on the problem
 - Figure 10: answer entropy per base bin;
 - Figures 13 and 14: response length and reflection keywords per base bin, split by correctness.
 
-Each figure uses the paper's binning for it (``FIGURE_BINNINGS``) unless ``bins`` names one for all.
+Every figure bins by the paper's main-text binning (``paper-main``) unless ``bins`` names another for all, or is
+``figures``: each figure in its appendix binning (``FIGURE_BINNINGS``).
 ``hardest=K`` restricts everything to the K problems the base solves least often.
 """
 
@@ -38,7 +39,10 @@ from .metrics import (
 
 logger = logging.getLogger(__name__)
 
-# The paper's binning for each figure that groups problems by the base model's correct count.
+# The binning of every figure by default: the main text's (its figures bin problems this way); the appendix
+# draws each figure in its own, ``FIGURE_BINNINGS``, which ``bins="figures"`` selects.
+DEFAULT_BINS = "paper-main"
+PER_FIGURE = "figures"
 FIGURE_BINNINGS = {"fig8": "paper-fig8", "fig10": "paper-fig10", "a6": "paper-a6"}
 SIDES = ("correct", "wrong")
 
@@ -169,13 +173,13 @@ class Report:
     """Builds report.md section by section; each ``section_*`` method returns its Markdown lines."""
 
     def __init__(self, runs: list[Run], out: Path, bins: str | None):
-        self.runs, self.out, self.bins = runs, out, bins
+        self.runs, self.out, self.bins = runs, out, bins or DEFAULT_BINS
         self.base = runs[0]
         self.keywords = self.base.summary["keywords"]
         self.unit = self.base.summary.get("length_unit", "chars")
 
     def strata(self, figure: str) -> Strata:
-        return stratify(self.base, self.bins or FIGURE_BINNINGS[figure])
+        return stratify(self.base, FIGURE_BINNINGS[figure] if self.bins == PER_FIGURE else self.bins)
 
     def bin_axis(self, strata: Strata) -> str:
         return f"{self.base.name}'s correct count out of {self.base.n} ({strata.title})"
@@ -318,7 +322,10 @@ class Report:
         if hardest:
             lines.append(f"Restricted to the {hardest} problems {self.base.name} solves least often "
                          "(ties broken by problem id).")
-        named = [self.bins] if self.bins else list(FIGURE_BINNINGS.values())
+        named = list(FIGURE_BINNINGS.values()) if self.bins == PER_FIGURE else [self.bins]
+        lines.append("Bins: each figure's appendix binning (`--bins figures`)." if self.bins == PER_FIGURE else
+                     f"Bins: `{self.bins}` for every figure" + (" (the paper's main text; `--bins figures` draws "
+                     "each in its appendix binning)." if self.bins == DEFAULT_BINS else "."))
         if self.base.n != PAPER_N and any(b in NAMED_BINNINGS for b in named):
             lines.append(f"The paper's bins are for n = {PAPER_N}; here n = {self.base.n}, so each upper edge e "
                          f"becomes ceil(e * {self.base.n} / {PAPER_N}) and bins left empty are dropped.")
@@ -333,7 +340,8 @@ def build_report(run_dirs: list[str], out_dir: str, bins: str | None = None, har
                  paper_model: str | None = None, paper_split: str = "math500") -> Path:
     """Write ``report.md`` and its PNGs to ``out_dir``; returns the Markdown path.
 
-    ``bins``: a binning name or explicit edges for every binned figure (default: each figure's paper binning).
+    ``bins``: a binning name or explicit edges for every binned figure (default ``paper-main``, the main text's),
+    or ``figures`` for each figure's appendix binning.
     ``hardest``: restrict to the base's K least-solved problems. ``paper_model``: add the paper's Table 3 rows.
     """
     import matplotlib

@@ -20,6 +20,7 @@ PROBLEMS = 48
 # Words that look like Table 5 keywords but are not whole-word matches of any.
 DISTRACTORS = ["look", "token", "Okay", "verified", "waiting", "hmmm", "double", "check", "actual", "sure"]
 FILLER = ["so", "the", "sum", "is", "x", "then", "we", "get"] + DISTRACTORS
+MAIN = [(0, 0), (1, 4), (5, 16), (17, 64), (65, 128), (129, 256)]
 FIG8 = [(0, 0), (1, 4), (5, 16), (17, 32), (33, 64), (65, 128), (129, 192), (193, 256)]
 FIG10 = [(0, 0), (1, 8), (9, 64), (65, 128), (129, 192), (193, 256)]
 A6 = [(0, 64), (65, 128), (129, 192), (193, 256)]
@@ -115,7 +116,8 @@ def test_report_draws_the_papers_figures_from_two_256_sample_runs(runs, tmp_path
     raw, base_dir, rl_dir = runs
     base, rl = raw["base"], raw["rl"]
     out = tmp_path / "report"
-    assert main(["report", str(base_dir), str(rl_dir), "--out", str(out), "--paper", "qwen2.5-math-1.5b"]) == 0
+    assert main(["report", str(base_dir), str(rl_dir), "--out", str(out), "--paper", "qwen2.5-math-1.5b",
+                 "--bins", "figures"]) == 0
     md = (out / "report.md").read_text()
 
     pngs = ["pass_at_k.png", "success_by_bin.png", "transitions_rl.png", "entropy_by_bin.png", "length_by_bin.png",
@@ -229,7 +231,7 @@ def test_paper_binnings_are_scaled_for_small_n_and_the_report_says_so(tmp_path, 
     md = (tmp_path / "out" / "report.md").read_text()
     assert "ceil(e * 8 / 256)" in md
     header = md.split("\n## Figure 8", 1)[1].split("\n| ", 1)[1].split("\n")[0]
-    assert re.findall(r"(\d+-\d+|\d+) \(\d+\)", header) == ["0", "1", "2", "3-4", "5-6", "7-8"]
+    assert re.findall(r"(\d+-\d+|\d+) \(\d+\)", header) == ["0", "1", "2", "3-4", "5-8"]  # paper-main at n = 8
 
 
 def test_old_summary_without_per_problem_blocks_is_refused(tmp_path, capsys):
@@ -257,3 +259,32 @@ def test_paper_rows_name_the_runs_of_another_split(runs, tmp_path):
         note = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("Not evaluated on")]
         assert note == ([f"Not evaluated on MATH-500 (math500), so not comparable with these rows: {flagged} (pick "
                          "the split with --paper-split)."] if flagged else [])
+
+
+def bin_header(md: str, heading: str) -> list[tuple[str, int]]:
+    """(label, problems) of each bin in the first table after a heading."""
+    header = md.split(f"\n## {heading}", 1)[1].split("\n| ", 1)[1].split("\n")[0]
+    return [(label, int(count)) for label, count in re.findall(r"(\d+-\d+|\d+) \((\d+)\)", header)]
+
+
+def test_every_figure_bins_by_the_main_texts_binning_by_default(runs, tmp_path):
+    """Without --bins the paper's main-text bins are drawn in Figures 8-14; --bins figures gives the appendix's."""
+    raw, base_dir, rl_dir = runs
+    out = tmp_path / "default"
+    assert main(["report", str(base_dir), str(rl_dir), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    expected = [(f"{lo}" if lo == hi else f"{lo}-{hi}", len(ids)) for (lo, hi), ids in
+                zip(MAIN, bin_members(raw["base"], MAIN))]
+    for heading in ("Figure 8", "Figure 10", "Figure 13", "Figure 14"):
+        assert bin_header(md, heading) == expected, heading
+    assert list(table_rows(md, "Figure 9")) == [label for label, _ in expected]
+    assert_row(table_rows(md, "Figure 8")["rl"], [per_response(ids, lambda i: correct_count(raw["rl"][i]) / N)
+                                                 for ids in bin_members(raw["base"], MAIN)])
+    assert "Bins: `paper-main` for every figure (the paper's main text" in md
+
+    figures = tmp_path / "figures"
+    assert main(["report", str(base_dir), str(rl_dir), "--out", str(figures), "--bins", "figures"]) == 0
+    md = (figures / "report.md").read_text()
+    for heading, bins in (("Figure 8", FIG8), ("Figure 10", FIG10), ("Figure 13", A6)):
+        assert [label for label, _ in bin_header(md, heading)] == [f"{lo}" if lo == hi else f"{lo}-{hi}"
+                                                                   for lo, hi in bins]
