@@ -87,6 +87,18 @@ def answer_entropy(keys: Sequence[str | None], correct: Sequence[bool]) -> float
     return -sum((c / total) * math.log(c / total) for c in counts.values()) if total else 0.0
 
 
+def answer_entropy_by_correctness(keys: Sequence[str | None], correct: Sequence[bool]) -> tuple[float | None, ...]:
+    """(correct, wrong): the entropy (nats) of the final answers among one problem's correct responses, and among
+    its wrong ones (None for a side without responses). Within a side, answers group by their canonical key, as
+    "identical final answer" reads (A.4): the correct side is 0 unless equal answers are written in forms that
+    the key tells apart (1/2 and 0.5)."""
+    def side(ok: bool) -> float | None:
+        own = [key for key, c in zip(keys, correct) if c == ok]
+        return answer_entropy(own, [False] * len(own)) if own else None
+
+    return side(True), side(False)
+
+
 Bin = tuple[int, int]  # inclusive correct-count range
 
 PAPER_N = 256  # samples per problem in the paper; its binnings are defined for this n
@@ -239,6 +251,7 @@ class ProblemStats:
     correct_box: int
     majority_correct: bool
     entropy: float
+    entropy_by_correctness: tuple[float | None, float | None]  # (correct, wrong)
     statuses: Counter
     sources: Counter  # answer source ("none" without one) -> samples
     correct_sources: Counter  # answer source -> correct samples
@@ -253,14 +266,17 @@ class ProblemStats:
         """The problem's block in ``summary.json``'s ``per_problem``; the report joins these blocks across runs on
         the problem id to stratify by the base model's bins (``pool_problem_blocks`` folds them).
 
-        Keys: ``n``, ``correct`` (count), ``majority_correct``, ``answer_entropy_nats``, ``length_sum`` {correct,
-        wrong} (in the summary's ``length_unit``; the sample counts are ``correct`` and n - correct), and
+        Keys: ``n``, ``correct`` (count), ``majority_correct``, ``answer_entropy_nats`` and
+        ``answer_entropy_by_correctness`` {correct, wrong} (among the correct / the wrong responses), ``length_sum``
+        {correct, wrong} (in the summary's ``length_unit``; the sample counts are ``correct`` and n - correct), and
         ``keyword_occurrences`` / ``keyword_responses`` {correct, wrong}: lists aligned with ``keywords`` of the
         total occurrences and of the number of responses that contain each keyword.
         """
         return {
             "n": self.n, "correct": self.correct, "majority_correct": self.majority_correct,
-            "answer_entropy_nats": self.entropy, "length_sum": dict(zip(("correct", "wrong"), self.lengths[unit])),
+            "answer_entropy_nats": self.entropy,
+            "answer_entropy_by_correctness": dict(zip(("correct", "wrong"), self.entropy_by_correctness)),
+            "length_sum": dict(zip(("correct", "wrong"), self.lengths[unit])),
             "keyword_occurrences": dict(zip(("correct", "wrong"), map(list, self.keyword_occurrences))),
             "keyword_responses": dict(zip(("correct", "wrong"), map(list, self.keyword_responses))),
         }
@@ -299,6 +315,7 @@ def problem_stats(
         correct_box=sum(s.correct and s.source == "box" for s in samples),
         majority_correct=majority_correct(keys, correct),
         entropy=answer_entropy(keys, correct),
+        entropy_by_correctness=answer_entropy_by_correctness(keys, correct),
         statuses=Counter(s.status for s in samples),
         sources=Counter(s.source or "none" for s in samples),
         correct_sources=Counter(s.source for s in samples if s.correct),
@@ -317,7 +334,8 @@ def _mean(xs: Iterable[float]) -> float | None:
 
 def pool_problem_blocks(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
     """Fold the ``ProblemStats.block``s of a set of problems into their means: ``problems``, ``accuracy`` (mean c/n),
-    ``maj`` (share of problems whose majority answer is correct), ``answer_entropy_nats`` (mean over problems),
+    ``maj`` (share of problems whose majority answer is correct), ``answer_entropy_nats`` (mean over problems;
+    ``answer_entropy_by_correctness`` {correct, wrong}: over the problems with responses on that side),
     ``mean_length`` {correct, wrong} (per response), ``reflection_per_response`` {correct, wrong} (all keywords'
     occurrences per response), and per keyword ``keywords_per_response`` (occurrences per response) and
     ``keyword_presence`` (share of responses containing it), each {correct, wrong}. Means over nothing are None."""
@@ -336,6 +354,9 @@ def pool_problem_blocks(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
         "accuracy": _mean(p["correct"] / p["n"] for p in stats),
         "maj": _mean(float(p["majority_correct"]) for p in stats),
         "answer_entropy_nats": _mean(p["answer_entropy_nats"] for p in stats),
+        "answer_entropy_by_correctness": {side: _mean(p["answer_entropy_by_correctness"][side] for p in stats
+                                                      if p["answer_entropy_by_correctness"][side] is not None)
+                                          for side in responses},
         "mean_length": {side: per_response(side, sum(p["length_sum"][side] for p in stats)) for side in responses},
         "reflection_per_response": {
             side: per_response(side, sum(sum(p["keyword_occurrences"][side]) for p in stats)) for side in responses},

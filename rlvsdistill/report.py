@@ -6,7 +6,7 @@ runs' per-problem blocks (``metrics.ProblemStats.block``), joined on the problem
 - accuracy, maj@n and pass@n (optionally beside the paper's Table 3 row, ``--paper``), and pass@k curves;
 - Figure 8: mean success per bin of the *base* model's correct count, and its change against the base;
 - Figure 9: transitions of problems between bins (base -> each other run);
-- Figure 10: answer entropy per base bin;
+- Figure 10: answer entropy per base bin, over all responses and split by correctness;
 - Figures 13 and 14: response length and reflection keywords per base bin, split by correctness.
 
 Every figure bins by the paper's main-text binning (``paper-main``) unless ``bins`` names another for all, or is
@@ -45,6 +45,7 @@ DEFAULT_BINS = "paper-main"
 PER_FIGURE = "figures"
 FIGURE_BINNINGS = {"fig8": "paper-fig8", "fig10": "paper-fig10", "a6": "paper-a6"}
 SIDES = ("correct", "wrong")
+BLOCK_KEYS = ("answer_entropy_by_correctness",)  # per_problem keys that older summaries lack
 
 
 @dataclass
@@ -95,8 +96,11 @@ def load_runs(run_dirs: list[str]) -> list[Run]:
     runs = []
     for d in run_dirs:
         summary = load_summary(d)
-        if "per_problem" not in summary:
-            raise UserError(f"{d}/summary.json has no per_problem block (written by an older rlvsdistill); "
+        blocks = summary.get("per_problem")
+        lacking = ["per_problem block"] if not isinstance(blocks, dict) else [
+            f"{key!r} in its per_problem blocks" for key in BLOCK_KEYS if key not in next(iter(blocks.values()), {})]
+        if lacking:
+            raise UserError(f"{d}/summary.json has no {lacking[0]} (written by an older rlvsdistill); "
                             "run `rlvsdistill eval-merge` (or `grade`) again to rewrite it")
         runs.append(Run(Path(d).name, summary, summary["per_problem"]))
     names = [r.name for r in runs]
@@ -279,33 +283,29 @@ class Report:
         return md
 
     def section_entropy(self) -> list[str]:
-        strata = self.strata("fig10")
-        entropy = {r.name: [p["answer_entropy_nats"] for p in strata.pooled(r)] for r in self.runs}
-        fig = _bar_panels({"answer entropy": entropy}, strata.labels, self.bin_axis(strata), "mean entropy (nats)")
-        png = _png(self.out, "entropy_by_bin.png", fig)
-        return [f"## Figure 10: answer entropy (nats) per bin of {self.base.name}'s correct count", "",
-                f"![Figure 10: entropy by bin]({png})", "",
-                _table(["run \\ bin (problems)"] + self.bin_header(strata),
-                       [[name] + values for name, values in entropy.items()]), ""]
+        return self.stratified_section("fig10", "Figure 10: answer entropy (nats)", "entropy_by_bin.png",
+                                       "answer_entropy_by_correctness", "mean entropy (nats)",
+                                       overall="answer_entropy_nats")
 
-    def by_correctness(self, strata: Strata, field: str) -> dict[str, dict[str, list]]:
-        """{side: {run: the pooled ``field`` (a {correct, wrong} dict) per bin}}."""
+    def stratified_section(self, figure: str, title: str, png: str, field: str, ylabel: str,
+                           overall: str | None = None) -> list[str]:
+        """A Figure 10/13/14 section: ``field`` (a {correct, wrong} dict) per base bin, one panel per correctness
+        (first, with ``overall``, one of all responses), and a table row per run and panel."""
+        strata = self.strata(figure)
         pooled = {r.name: strata.pooled(r) for r in self.runs}
-        return {side: {name: [p[field][side] for p in per_bin] for name, per_bin in pooled.items()} for side in SIDES}
-
-    def stratified_section(self, title: str, png: str, field: str, ylabel: str) -> list[str]:
-        """A Figure 13/14 section: ``field`` per base bin, one panel per correctness, a table row per run and side."""
-        strata = self.strata("a6")
-        values = self.by_correctness(strata, field)
+        values = {side: {name: [p[field][side] for p in per_bin] for name, per_bin in pooled.items()}
+                  for side in SIDES}
+        if overall:
+            values = {"all": {name: [p[overall] for p in per_bin] for name, per_bin in pooled.items()}, **values}
         fig = _bar_panels({f"{side} responses": series for side, series in values.items()}, strata.labels,
                           self.bin_axis(strata), ylabel)
         png = _png(self.out, png, fig)
-        rows = [[name, side] + values[side][name] for name in values["correct"] for side in SIDES]
+        rows = [[name, side] + values[side][name] for name in pooled for side in values]
         return [f"## {title} per bin of {self.base.name}'s correct count, by correctness", "",
                 f"![{title}]({png})", "", _table(["run", "responses"] + self.bin_header(strata), rows), ""]
 
     def section_keywords(self) -> list[str]:
-        md = self.stratified_section("Figure 14: reflection keywords per response", "keywords_by_bin.png",
+        md = self.stratified_section("a6", "Figure 14: reflection keywords per response", "keywords_by_bin.png",
                                      "reflection_per_response", "keyword occurrences per response")
         pooled = {r.name: r.pooled() for r in self.runs}
         header = ["keyword"] + [f"{name} {what} {side}" for name in pooled
@@ -370,7 +370,7 @@ def build_report(run_dirs: list[str], out_dir: str, bins: str | None = None, har
     md += report.section_success()
     md += report.section_transitions()
     md += report.section_entropy()
-    md += report.stratified_section(f"Figure 13: response length ({report.unit})", "length_by_bin.png",
+    md += report.stratified_section("a6", f"Figure 13: response length ({report.unit})", "length_by_bin.png",
                                     "mean_length", f"mean length ({report.unit})")
     md += report.section_keywords()
     path = out / "report.md"

@@ -11,6 +11,7 @@ from rlvsdistill.metrics import (
     REFLECTION_KEYWORDS,
     Sample,
     answer_entropy,
+    answer_entropy_by_correctness,
     default_ks,
     difficulty_bins,
     keyword_counts,
@@ -80,6 +81,22 @@ def test_answer_entropy():
     assert answer_entropy(["1", "0.5", "7", "7"], [True, True, False, False]) == pytest.approx(math.log(2))
     # four different answers, one of them "no answer": log 4
     assert answer_entropy(["1", "2", "3", None], [False] * 4) == pytest.approx(math.log(4))
+
+
+ENTROPY_SPLIT_CASES = [
+    # (keys, correct, (entropy among the correct responses, among the wrong ones))
+    (["1", "1", "7", "8"], [True, True, False, False], (0.0, math.log(2))),  # one correct form; two wrong answers
+    (["1", "0.5", "7", "7"], [True, True, False, False], (math.log(2), 0.0)),  # two written forms of the answer
+    (["7", "8", None, None], [False] * 4, (None, -2 * 0.25 * math.log(0.25) - 0.5 * math.log(0.5))),  # none correct
+    (["1", "1"], [True, True], (0.0, None)),  # none wrong
+]
+
+
+@pytest.mark.parametrize("keys,correct,expected", ENTROPY_SPLIT_CASES)
+def test_answer_entropy_by_correctness(keys, correct, expected):
+    got = answer_entropy_by_correctness(keys, correct)
+    assert [g is None for g in got] == [e is None for e in expected]
+    assert [g for g in got if g is not None] == pytest.approx([e for e in expected if e is not None])
 
 
 def test_difficulty_bins_paper_and_rule():
@@ -212,6 +229,7 @@ def test_problem_block_and_pooling():
     assert stats == {
         "n": 3, "correct": 2, "majority_correct": True, "answer_entropy_nats": pytest.approx(
             -(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3)),
+        "answer_entropy_by_correctness": {"correct": 0.0, "wrong": 0.0},  # one answer on each side
         "length_sum": {"correct": 22, "wrong": 6},
         "keyword_occurrences": {"correct": [2, 1], "wrong": [1, 0]},
         "keyword_responses": {"correct": [1, 1], "wrong": [1, 0]},
@@ -224,6 +242,11 @@ def test_problem_block_and_pooling():
     assert pooled["keywords_per_response"]["ok"] == {"correct": 0.5, "wrong": 1.0}  # 1 of 2; 2 in 2 responses
     assert pooled["keyword_presence"]["ok"] == {"correct": 0.5, "wrong": 0.5}  # 1 response of 2 on each side
     assert pooled["reflection_per_response"] == {"correct": 1.5, "wrong": 1.5}
+    # Entropy by correctness: a mean over the problems with responses on that side (q has no correct one, r no
+    # wrong one), so r's log 2 is halved on the correct side and missing from the wrong side.
+    two_forms = problem_stats([Sample("r", True, "correct", k, "box") for k in ("1", "0.5")], kws).block("chars")
+    assert pool_problem_blocks([stats, other, two_forms], kws)["answer_entropy_by_correctness"] == {
+        "correct": pytest.approx(math.log(2) / 2), "wrong": 0.0}
     assert pool_problem_blocks([], kws)["accuracy"] is None
 
 

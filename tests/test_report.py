@@ -83,8 +83,17 @@ def majority(group):
 
 
 def entropy(group):
+    """Entropy of the final answers of a problem's responses (None without any)."""
     counts = Counter(s["key"] or "none" for s in group).values()
-    return -sum(c / N * math.log(c / N) for c in counts)
+    return -sum(c / len(group) * math.log(c / len(group)) for c in counts) if group else None
+
+
+def mean_entropy(problems, ids, side=None):
+    """Mean over the problems of the answer entropy of all their responses, or of their correct / wrong ones (over
+    the problems that have any)."""
+    values = [entropy([s for s in problems[i] if side is None or s["correct"] == (side == "correct")]) for i in ids]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def bin_members(base, bins):
@@ -161,11 +170,16 @@ def test_report_draws_the_papers_figures_from_two_256_sample_runs(runs, tmp_path
             row[bin_of[pid]] += 1
         assert transitions[list(transitions)[i]] == [str(v) for v in row]
 
-    # Figure 10: mean answer entropy per paper-fig10 bin of the base.
-    entropy_rows = table_rows(md, "Figure 10")
-    for name, problems in raw.items():
-        assert_row(entropy_rows[name], [per_response(ids, lambda i: entropy(problems[i]))
-                                        for ids in bin_members(base, FIG10)])
+    # Figure 10: mean answer entropy per paper-fig10 bin of the base, of all responses and by correctness.
+    entropy_rows = [[c.strip() for c in line.strip("|").split("|")]
+                    for line in md.split("\n## Figure 10", 1)[1].split("\n## ")[0].splitlines()
+                    if line.startswith(("| base |", "| rl |"))]
+    assert [row[:2] for row in entropy_rows] == [[name, side] for name in raw for side in ("all", "correct", "wrong")]
+    for name, side, *cells in entropy_rows:
+        assert_row(cells, [mean_entropy(raw[name], ids, None if side == "all" else side)
+                           for ids in bin_members(base, FIG10)])
+    wrong = [float(c) for row in entropy_rows if row[1] == "wrong" for c in row[2:] if c != "-"]
+    assert max(wrong) > 0.5  # the split is not trivial: wrong answers spread over w1, w2, w3 and none
 
     # Figures 13 and 14: length and keyword occurrences per response per paper-a6 bin, by correctness.
     length_rows = [line for line in md.split("\n## Figure 13", 1)[1].split("\n## ")[0].splitlines()
@@ -239,6 +253,12 @@ def test_old_summary_without_per_problem_blocks_is_refused(tmp_path, capsys):
     (tmp_path / "old" / "summary.json").write_text(json.dumps({"problems": 1, "accuracy": 0.5}))
     assert main(["report", str(tmp_path / "old"), "--out", str(tmp_path / "out")]) == 2
     assert "no per_problem block" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # One written before the entropy split: its blocks lack the key the report needs.
+    blocks = {"p": {"n": 1, "correct": 1, "majority_correct": True, "answer_entropy_nats": 0.0}}
+    (tmp_path / "old" / "summary.json").write_text(json.dumps({"per_problem": blocks, "keywords": []}))
+    assert main(["report", str(tmp_path / "old"), "--out", str(tmp_path / "out")]) == 2
+    assert "no 'answer_entropy_by_correctness' in its per_problem blocks" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -223,6 +223,8 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
             "n": len(g), "correct": correct_counts[pid],
             "majority_correct": majority_correct([x.key for x in g], [x.correct for x in g]),
             "answer_entropy_nats": answer_entropy([x.key for x in g], [x.correct for x in g]),
+            "answer_entropy_by_correctness": {side: answer_entropy([x.key for x in members], [False] * len(members))
+                                              if members else None for side, members in sides.items()},
             "length_sum": {side: sum(length_of(s) for s in members) for side, members in sides.items()},
             "keyword_occurrences": {side: [sum(counts_of[id(s)][kw] for s in members) for kw in keywords]
                                     for side, members in sides.items()},
