@@ -127,7 +127,8 @@ def synthesize(root: Path, problems: int, n: int, shards: int = 4, part_size: in
 
 # ---------------------------------------------------------------------------------------------------------
 # The baseline: merge and summarize as they were before the streaming merge (every record held in memory).
-# Kept verbatim apart from taking the output directory; the metric helpers are the package's own.
+# Kept verbatim apart from taking the output directory and the fields added since (per_problem
+# entropy by correctness); the metric helpers are the package's own.
 # ---------------------------------------------------------------------------------------------------------
 
 
