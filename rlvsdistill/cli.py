@@ -70,6 +70,11 @@ def _add_grade(sub) -> None:
     p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: paper-main)")
     p.add_argument("--tokenizer", help="tokenizer (model directory or Hub id) to measure lengths in tokens "
                    "(default: the records' num_tokens if every record has one, else characters)")
+    from .metrics import KEYWORD_MATCHES
+
+    p.add_argument("--keyword-match", choices=KEYWORD_MATCHES, default="word",
+                   help="count reflection keywords as whole words or phrases ('ok' is not in 'look'), or as plain "
+                   "lower-case substrings (default: %(default)s)")
     p.set_defaults(func=_run_grade)
 
 
@@ -80,6 +85,7 @@ def _run_grade(args) -> int:
     summary = grade_file(
         args.input, args.out, args.problems, mode=args.extract, settings=GraderSettings(order=args.order),
         workers=args.workers, item_timeout=args.item_timeout, ks=args.k, bins=args.bins, tokenizer=args.tokenizer,
+        keyword_match=args.keyword_match,
     )
     headline = {k: v for k, v in summary.items() if k.startswith(("accuracy", "pass@", "maj@", "verdicts", "problems"))}
     print(json.dumps(headline, indent=2))

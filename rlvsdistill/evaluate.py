@@ -265,7 +265,7 @@ def merge(cfg) -> dict:
             counts[order[pid]] = len(group)
             if len(group) != cfg.n and not short_at:
                 short_at = f" ({pid!r} ends at {last_path}:{last_line}: a truncated part?)"
-            stats.append(problem_stats(samples_from_records([g[3] for g in group])))
+            stats.append(problem_stats(samples_from_records([g[3] for g in group]), keyword_match=cfg.keyword_match))
             progress.update(1)
         progress.close()
         short = {p.id: counts[i] for i, p in enumerate(problems) if counts[i] != cfg.n}

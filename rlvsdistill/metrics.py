@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 # Table 5 of the paper (arXiv 2505.14216 v2, A.6.2): the 27 reflection-related phrases as stored. The paper
-# counts occurrences per response in lower case; ``keyword_counts`` matches them case-insensitively and as whole
-# words or phrases (so "ok" does not match "look" or "token"). Pass ``keywords=`` to count your own.
+# counts occurrences per response in lower case; ``keyword_counts`` matches them case-insensitively, as whole
+# words or phrases by default (so "ok" does not match "look" or "token"). Pass ``keywords=`` to count your own.
 REFLECTION_KEYWORDS: tuple[str, ...] = (
     "actually", "aha", "alternatively", "correction:", "another approach", "different method",
     "checking our work", "double-check", "hmm", "however", "I made a mistake", "I need to reconsider", "I realize",
@@ -214,10 +214,21 @@ def _matchers(keywords: tuple[str, ...]) -> list[tuple[str, str, Callable]]:
             for kw in keywords]
 
 
-def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict[str, int]:
-    """Occurrences of each keyword in one response, case-insensitive, as whole words or phrases (so "ok" does
-    not match "look"). A response contains a keyword ("presence") when its count is above 0."""
+# How a keyword is matched in a response (the paper does not say): as a whole word or phrase (the default: a
+# phrase is counted, not its letters inside other words, e.g. "ok" in "look" or "token"), or as a plain lower-case
+# substring (``text.lower().count(keyword.lower())``: the simplest reading of "counted in lower case").
+KEYWORD_MATCHES = ("word", "substring")
+
+
+def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS, match: str = "word") -> dict[str, int]:
+    """Occurrences of each keyword in one response, case-insensitive, matched as ``KEYWORD_MATCHES`` says: whole
+    words or phrases (so "ok" does not match "look"), or substrings. A response contains a keyword ("presence")
+    when its count is above 0."""
     lowered = text.lower()
+    if match == "substring":
+        return {kw: lowered.count(kw.lower()) for kw in keywords}
+    if match != "word":
+        raise ValueError(f"keyword_match: {match!r} is not one of {', '.join(KEYWORD_MATCHES)}")
     return {kw: len(findall(lowered)) if probe in lowered else 0 for kw, probe, findall in _matchers(tuple(keywords))}
 
 
@@ -259,6 +270,7 @@ class ProblemStats:
     # Aligned with the keywords: (correct, wrong) tuples of total occurrences and of responses containing it.
     keyword_occurrences: tuple[tuple[int, ...], tuple[int, ...]]
     keyword_responses: tuple[tuple[int, ...], tuple[int, ...]]
+    keyword_match: str = "word"  # how the keywords were matched (``KEYWORD_MATCHES``)
     level: str | None = None
     subject: str | None = None
 
@@ -286,8 +298,10 @@ def problem_stats(
     samples: Sequence[Sample],
     keywords: Sequence[str] = REFLECTION_KEYWORDS,
     length_of: Callable[[Sample], float] | None = None,
+    keyword_match: str = "word",
 ) -> ProblemStats:
-    """The aggregates of one problem's samples (all with the same problem id), for ``summarize_stats``."""
+    """The aggregates of one problem's samples (all with the same problem id), for ``summarize_stats``;
+    ``keyword_match`` is one of ``KEYWORD_MATCHES``."""
     if not samples:
         raise ValueError("a problem needs at least one sample")
     keys, correct = [s.key for s in samples], [s.correct for s in samples]
@@ -304,7 +318,7 @@ def problem_stats(
     occurrences = {side: [0] * len(keywords) for side in (True, False)}
     responses = {side: [0] * len(keywords) for side in (True, False)}
     for s in samples:
-        for i, count in enumerate(keyword_counts(s.response, keywords).values()):
+        for i, count in enumerate(keyword_counts(s.response, keywords, keyword_match).values()):
             occurrences[s.correct][i] += count
             responses[s.correct][i] += count > 0
     first = samples[0]
@@ -322,6 +336,7 @@ def problem_stats(
         lengths=lengths,
         keyword_occurrences=(tuple(occurrences[True]), tuple(occurrences[False])),
         keyword_responses=(tuple(responses[True]), tuple(responses[False])),
+        keyword_match=keyword_match,
         level=first.level,
         subject=first.subject,
     )
@@ -390,6 +405,7 @@ def summarize(
     bins: Sequence[Bin] | None = None,
     keywords: Sequence[str] = REFLECTION_KEYWORDS,
     length_of: Callable[[Sample], int] | None = None,
+    keyword_match: str = "word",
 ) -> dict:
     """All metrics for a set of graded samples (see the module docstring); JSON-ready.
 
@@ -400,7 +416,7 @@ def summarize(
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         groups[s.problem_id].append(s)
-    stats = [problem_stats(g, keywords, length_of) for g in groups.values()]
+    stats = [problem_stats(g, keywords, length_of, keyword_match) for g in groups.values()]
     return summarize_stats(stats, ks, bins, keywords)
 
 
@@ -466,7 +482,11 @@ def summarize_stats(
     }
     per_problem = {p.problem_id: p.block(unit) for p in stats}
     pooled = pool_problem_blocks(per_problem.values(), keywords)
+    matches = {p.keyword_match for p in stats}
+    if len(matches) > 1:
+        raise ValueError(f"keyword_match: the problems were counted in different ways ({sorted(matches)})")
     summary["keywords"] = list(keywords)
+    summary["keyword_match"] = stats[0].keyword_match
     summary["keywords_per_response"] = pooled["keywords_per_response"]
     summary["keyword_presence"] = pooled["keyword_presence"]
     for field in ("level", "subject"):

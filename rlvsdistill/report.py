@@ -46,6 +46,8 @@ PER_FIGURE = "figures"
 FIGURE_BINNINGS = {"fig8": "paper-fig8", "fig10": "paper-fig10", "a6": "paper-a6"}
 SIDES = ("correct", "wrong")
 BLOCK_KEYS = ("answer_entropy_by_correctness",)  # per_problem keys that older summaries lack
+# How a summary measured its responses (the value when an older summary does not say): runs must agree.
+MEASURES = {"keyword_match": "word"}
 
 
 @dataclass
@@ -110,6 +112,11 @@ def load_runs(run_dirs: list[str]) -> list[Run]:
         if r.summary["keywords"] != runs[0].summary["keywords"]:
             raise UserError(f"report: {r.name} counted other reflection keywords than {runs[0].name}; "
                             "merge both with the same keyword list")
+        for key, default in MEASURES.items():
+            theirs, base = r.summary.get(key, default), runs[0].summary.get(key, default)
+            if theirs != base:
+                raise UserError(f"report: {r.name} has {key}: {theirs}, {runs[0].name} {key}: {base}; merge both "
+                                f"with the same {key} (a config key of eval-merge, an option of grade)")
     return runs
 
 
@@ -181,6 +188,7 @@ class Report:
         self.base = runs[0]
         self.keywords = self.base.summary["keywords"]
         self.unit = self.base.summary.get("length_unit", "chars")
+        self.keyword_match = self.base.summary.get("keyword_match", MEASURES["keyword_match"])
 
     def strata(self, figure: str) -> Strata:
         return stratify(self.base, FIGURE_BINNINGS[figure] if self.bins == PER_FIGURE else self.bins)
@@ -314,7 +322,9 @@ class Report:
                         for field in ("keywords_per_response", "keyword_presence") for side in SIDES]
                 for kw in self.keywords]
         return md + ["Each keyword over all problems: occurrences per response, and the share of responses that "
-                     "contain it (case-insensitive, whole words).", "", _table(header, rows), ""]
+                     "contain it (case-insensitive, "
+                     f"{'whole words' if self.keyword_match == 'word' else 'substrings'}: keyword_match "
+                     f"{self.keyword_match}).", "", _table(header, rows), ""]
 
     def notes(self, hardest: int | None) -> list[str]:
         lines = [f"Base model: **{self.base.name}**. Numbers are computed from each run's `summary.json` "

@@ -102,6 +102,7 @@ def grade_file(
     ks: Sequence[int] | None = None,
     bins: str | Sequence[Bin] | None = None,
     tokenizer: str | None = None,
+    keyword_match: str = "word",
 ) -> dict:
     """Grade a JSONL of responses; write ``verdicts.jsonl`` and ``summary.json`` to ``out_dir``; return the summary.
 
@@ -132,7 +133,7 @@ def grade_file(
         attach_verdicts(records, mode, pool, progress.callback)
     progress.close()
     try:
-        summary = summarize(samples_from_records(records), ks=ks, bins=bins)
+        summary = summarize(samples_from_records(records), ks=ks, bins=bins, keyword_match=keyword_match)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     summary["grader"] = {"mode": mode, "order": (settings or GraderSettings()).order, "killed_workers": pool.killed_workers}

@@ -74,3 +74,21 @@ def test_lengths_in_tokens_with_a_tokenizer(tmp_path, tiny_model):
     lengths = [len(tok(json.loads(f'"{r}"'), add_special_tokens=False)["input_ids"]) for r in responses]
     assert summary["length_unit"] == "tokens"
     assert summary["length"] == {"mean": sum(lengths) / 2, "mean_correct": lengths[0], "mean_wrong": lengths[1]}
+
+
+def test_keyword_match_option_counts_words_or_substrings(tmp_path):
+    responses = ["Okay, look at the token: ok. \\\\boxed{7}", "Hmm, hmmm. \\\\boxed{8}"]
+    inp = write_lines(tmp_path / "r.jsonl", [f'{{"gold": "7", "response": "{r}"}}' for r in responses])
+    per_response = {}
+    for match in ("word", "substring"):
+        assert main(["grade", str(inp), "--out", str(tmp_path / match), "--keyword-match", match]) == 0
+        summary = json.loads((tmp_path / match / "summary.json").read_text())
+        assert summary["keyword_match"] == match
+        per_response[match] = summary["keywords_per_response"]
+    assert per_response["word"]["ok"] == {"correct": 1.0, "wrong": 0.0}
+    assert per_response["substring"]["ok"] == {"correct": 4.0, "wrong": 0.0}  # Okay, look, token, ok
+    assert per_response["word"]["hmm"] == {"correct": 0.0, "wrong": 1.0}
+    assert per_response["substring"]["hmm"] == {"correct": 0.0, "wrong": 2.0}
+    with pytest.raises(SystemExit) as exit_:
+        main(["grade", str(inp), "--out", str(tmp_path / "x"), "--keyword-match", "regex"])
+    assert exit_.value.code == 2 and not (tmp_path / "x").exists()

@@ -130,3 +130,18 @@ def test_resuming_a_shard_with_another_config_is_refused_before_any_work(tmp_pat
                                         r"\(n: 8 there, 16 here; seed: 0 there, 5 here\)"):
         run_shard(replace(cfg, n=16, seed=5, shard_index=0))  # fails before loading the (absent) model
     assert part.read_bytes() == before and not (Path(cfg.output_dir) / "run_record.json").exists()
+
+
+def test_merge_counts_keywords_as_the_config_says(tmp_path):
+    """keyword_match (a config key) reaches the merge's counts: the summary equals ``summarize`` in that mode."""
+    from rlvsdistill.io import read_jsonl
+    from rlvsdistill.metrics import summarize
+    from rlvsdistill.scoring import samples_from_records
+
+    cfg = synthetic(tmp_path, 16, 8, shards=2)
+    cfg.keyword_match = "substring"
+    summary = merge(cfg)
+    records = [rec for _, rec in read_jsonl(Path(cfg.output_dir) / "samples.jsonl")]
+    expected = summarize(samples_from_records(records), keyword_match="substring")
+    assert summary["keyword_match"] == "substring"
+    assert summary["per_problem"] == json.loads(json.dumps(expected["per_problem"]))

@@ -185,6 +185,35 @@ def test_keyword_counts_whole_words_case_insensitive(text, keyword, expected):
     assert keyword_counts(text, [keyword]) == {keyword: expected}
 
 
+SUBSTRING_CASES = [
+    # (text, keyword, whole-word count, substring count)
+    ("Let me look at the token", "ok", 0, 2),  # the letters of "ok" in "look" and "token"
+    ("OK, so ok. Okay.", "ok", 2, 3),  # and in "Okay"
+    ("Hmm... hmmm", "hmm", 1, 2),
+    ("We verify it. Verifying again; verified.", "verify", 1, 2),  # "verified" does not contain "verify"
+    ("I realize now; i realized", "I realize", 1, 2),
+    ("Let’s check. let's check", "let's check", 2, 1),  # a substring is the keyword as written: no ’
+    ("let me\n  think", "let me think", 1, 0),  # nor other whitespace
+    ("Wait, wait. WAIT!", "wait", 3, 3),  # where both agree
+]
+
+
+@pytest.mark.parametrize("text,keyword,word,substring", SUBSTRING_CASES)
+def test_keyword_counts_as_words_or_substrings(text, keyword, word, substring):
+    assert keyword_counts(text, [keyword], match="word") == {keyword: word}
+    assert keyword_counts(text, [keyword], match="substring") == {keyword: substring}
+
+
+def test_keyword_match_is_recorded_and_a_bad_one_names_the_key():
+    samples = [Sample("p", True, "correct", "1", "box", "Okay, look: ok.")]
+    word, substring = (summarize(samples, keywords=["ok"], keyword_match=m) for m in ("word", "substring"))
+    assert (word["keyword_match"], substring["keyword_match"]) == ("word", "substring")
+    assert word["per_problem"]["p"]["keyword_occurrences"]["correct"] == [1]
+    assert substring["per_problem"]["p"]["keyword_occurrences"]["correct"] == [3]
+    with pytest.raises(ValueError, match="keyword_match: 'regex' is not one of word, substring"):
+        summarize(samples, keyword_match="regex")
+
+
 def test_keyword_counts_default_list():
     counts = keyword_counts("Wait, I need to reconsider. Hmm, let me think. Looking back, wait.")
     assert counts.keys() == set(REFLECTION_KEYWORDS)

@@ -308,3 +308,17 @@ def test_every_figure_bins_by_the_main_texts_binning_by_default(runs, tmp_path):
     for heading, bins in (("Figure 8", FIG8), ("Figure 10", FIG10), ("Figure 13", A6)):
         assert [label for label, _ in bin_header(md, heading)] == [f"{lo}" if lo == hi else f"{lo}-{hi}"
                                                                    for lo, hi in bins]
+
+
+def test_runs_that_counted_keywords_differently_are_refused(runs, tmp_path, capsys):
+    import shutil
+
+    _, base_dir, rl_dir = runs
+    other = tmp_path / "rl-substring"
+    shutil.copytree(rl_dir, other)
+    summary = json.loads((other / "summary.json").read_text())
+    summary["keyword_match"] = "substring"
+    (other / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(base_dir), str(other), "--out", str(tmp_path / "out")]) == 2
+    assert "rl-substring has keyword_match: substring, base keyword_match: word" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

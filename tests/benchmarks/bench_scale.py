@@ -128,7 +128,7 @@ def synthesize(root: Path, problems: int, n: int, shards: int = 4, part_size: in
 # ---------------------------------------------------------------------------------------------------------
 # The baseline: merge and summarize as they were before the streaming merge (every record held in memory).
 # Kept verbatim apart from taking the output directory and the fields added since (per_problem
-# entropy by correctness); the metric helpers are the package's own.
+# entropy by correctness, keyword_match); the metric helpers are the package's own.
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -201,6 +201,7 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
         return total / count if count else None
 
     summary["keywords"] = list(keywords)
+    summary["keyword_match"] = "word"
     summary["keywords_per_response"] = {
         kw: {"correct": per_response(sum(c[kw] for s, c in zip(samples, counts) if s.correct), n_correct),
              "wrong": per_response(sum(c[kw] for s, c in zip(samples, counts) if not s.correct), n_wrong)}
