@@ -68,9 +68,13 @@ def _add_grade(sub) -> None:
     p.add_argument("--item-timeout", type=float, default=10.0, help="hard wall-clock bound per answer, seconds")
     p.add_argument("--k", type=_parse_ks, help="pass@k values, e.g. 1,8,64 (default: 1,2,4,...,n)")
     p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: paper-main)")
-    p.add_argument("--tokenizer", help="tokenizer (model directory or Hub id) to measure lengths in tokens "
-                   "(default: the records' num_tokens if every record has one, else characters)")
-    from .metrics import KEYWORD_MATCHES
+    from .metrics import KEYWORD_MATCHES, LENGTH_UNITS
+
+    p.add_argument("--length-unit", choices=LENGTH_UNITS, default="chars",
+                   help="response lengths in characters (as the paper's released code) or in tokens: the records' "
+                   "num_tokens, or --tokenizer's count (default: %(default)s)")
+    p.add_argument("--tokenizer", help="tokenizer (model directory or Hub id) to count each response's tokens, "
+                   "for --length-unit tokens")
 
     p.add_argument("--keyword-match", choices=KEYWORD_MATCHES, default="word",
                    help="count reflection keywords as whole words or phrases ('ok' is not in 'look'), or as plain "
@@ -85,7 +89,7 @@ def _run_grade(args) -> int:
     summary = grade_file(
         args.input, args.out, args.problems, mode=args.extract, settings=GraderSettings(order=args.order),
         workers=args.workers, item_timeout=args.item_timeout, ks=args.k, bins=args.bins, tokenizer=args.tokenizer,
-        keyword_match=args.keyword_match,
+        keyword_match=args.keyword_match, length_unit=args.length_unit,
     )
     headline = {k: v for k, v in summary.items() if k.startswith(("accuracy", "pass@", "maj@", "verdicts", "problems"))}
     print(json.dumps(headline, indent=2))

@@ -274,7 +274,7 @@ def merge(cfg) -> dict:
             raise UserError(f"{run_dir}: {len(short)} problem(s) do not have n = {cfg.n} samples, "
                             f"e.g. {some}{short_at}")
         try:
-            summary = summarize_stats(stats, ks=cfg.ks)
+            summary = summarize_stats(stats, ks=cfg.ks, length_unit=cfg.length_unit)
         except ValueError as exc:
             raise UserError(str(exc)) from None
     summary["run"] = {"model": cfg.model_name_or_path, "dataset": cfg.dataset_name, "n": cfg.n,

@@ -406,18 +406,24 @@ def summarize(
     keywords: Sequence[str] = REFLECTION_KEYWORDS,
     length_of: Callable[[Sample], int] | None = None,
     keyword_match: str = "word",
+    length_unit: str = "chars",
 ) -> dict:
     """All metrics for a set of graded samples (see the module docstring); JSON-ready.
 
     Groups the samples by problem (in order of first appearance) and folds their ``problem_stats`` with
-    ``summarize_stats``. ``ks`` defaults to 1, 2, 4, ... n; pass@k with k > n raises. ``length_of`` defaults to
-    the token count when every sample has one, else the character count.
+    ``summarize_stats``. ``ks`` defaults to 1, 2, 4, ... n; pass@k with k > n raises. Lengths are in
+    ``length_unit`` (``LENGTH_UNITS``), or ``length_of``'s when given.
     """
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         groups[s.problem_id].append(s)
     stats = [problem_stats(g, keywords, length_of, keyword_match) for g in groups.values()]
-    return summarize_stats(stats, ks, bins, keywords)
+    return summarize_stats(stats, ks, bins, keywords, length_unit)
+
+
+# The unit of response lengths (the paper does not say): characters (the default: what the released code counts,
+# and the same for every model whatever its tokenizer), or the tokens the model generated (``num_tokens``).
+LENGTH_UNITS = ("chars", "tokens")
 
 
 def summarize_stats(
@@ -425,6 +431,7 @@ def summarize_stats(
     ks: Sequence[int] | None = None,
     bins: Sequence[Bin] | None = None,
     keywords: Sequence[str] = REFLECTION_KEYWORDS,
+    length_unit: str = "chars",
 ) -> dict:
     """``summarize`` from per-problem aggregates (one ``problem_stats`` per problem, in problem order).
 
@@ -439,8 +446,13 @@ def summarize_stats(
     if too_big:
         raise ValueError(f"pass@k with k = {too_big} needs at least that many samples per problem; n = {n}")
     bins = resolve_bins(bins, n) if bins else difficulty_bins(n)
-    units = set.intersection(*(set(p.lengths) for p in stats))
-    unit = "custom" if "custom" in units else "tokens" if "tokens" in units else "chars"
+    if length_unit not in LENGTH_UNITS:
+        raise ValueError(f"length_unit: {length_unit!r} is not one of {', '.join(LENGTH_UNITS)}")
+    unit = "custom" if all("custom" in p.lengths for p in stats) else length_unit
+    lacking = [p.problem_id for p in stats if unit not in p.lengths]
+    if lacking:
+        raise ValueError(f"length_unit: {unit} needs every sample's token count (num_tokens); {len(lacking)} "
+                         f"problem(s) have samples without one, e.g. {lacking[0]!r}")
 
     statuses, sources, correct_by_source = Counter(), Counter(), Counter()
     for p in stats:

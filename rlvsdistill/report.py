@@ -47,7 +47,7 @@ FIGURE_BINNINGS = {"fig8": "paper-fig8", "fig10": "paper-fig10", "a6": "paper-a6
 SIDES = ("correct", "wrong")
 BLOCK_KEYS = ("answer_entropy_by_correctness",)  # per_problem keys that older summaries lack
 # How a summary measured its responses (the value when an older summary does not say): runs must agree.
-MEASURES = {"keyword_match": "word"}
+MEASURES = {"length_unit": "chars", "keyword_match": "word"}
 
 
 @dataclass
@@ -187,7 +187,7 @@ class Report:
         self.runs, self.out, self.bins = runs, out, bins or DEFAULT_BINS
         self.base = runs[0]
         self.keywords = self.base.summary["keywords"]
-        self.unit = self.base.summary.get("length_unit", "chars")
+        self.unit = self.base.summary.get("length_unit", MEASURES["length_unit"])
         self.keyword_match = self.base.summary.get("keyword_match", MEASURES["keyword_match"])
 
     def strata(self, figure: str) -> Strata:

@@ -68,12 +68,27 @@ def test_lengths_in_tokens_with_a_tokenizer(tmp_path, tiny_model):
 
     responses = ["Compute 3 + 4 = 7, so \\\\boxed{7}", "\\\\boxed{8}"]
     inp = write_lines(tmp_path / "r.jsonl", [f'{{"gold": "7", "response": "{r}"}}' for r in responses])
-    assert main(["grade", str(inp), "--out", str(tmp_path / "out"), "--tokenizer", str(tiny_model)]) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    out = tmp_path / "out"
+    assert main(["grade", str(inp), "--out", str(out), "--tokenizer", str(tiny_model), "--length-unit", "tokens"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
     tok = AutoTokenizer.from_pretrained(tiny_model)
     lengths = [len(tok(json.loads(f'"{r}"'), add_special_tokens=False)["input_ids"]) for r in responses]
     assert summary["length_unit"] == "tokens"
     assert summary["length"] == {"mean": sum(lengths) / 2, "mean_correct": lengths[0], "mean_wrong": lengths[1]}
+
+
+def test_lengths_in_characters_by_default_and_tokens_only_where_counted(tmp_path, capsys):
+    rows = ['{"gold": "7", "response": "so \\\\boxed{7}", "num_tokens": 4}', '{"gold": "7", "response": "\\\\boxed{8}"}']
+    inp = write_lines(tmp_path / "r.jsonl", rows)
+    assert main(["grade", str(inp), "--out", str(tmp_path / "chars")]) == 0
+    summary = json.loads((tmp_path / "chars" / "summary.json").read_text())
+    assert summary["length_unit"] == "chars"
+    assert summary["length"] == {"mean": (12 + 9) / 2, "mean_correct": len("so \\boxed{7}"), "mean_wrong": 9}
+    assert main(["grade", str(inp), "--out", str(tmp_path / "tokens"), "--length-unit", "tokens"]) == 2
+    assert "--length-unit tokens: 1 record(s) of" in capsys.readouterr().err  # the second has no num_tokens
+    assert main(["grade", str(inp), "--out", str(tmp_path / "tok"), "--tokenizer", "/nonexistent"]) == 2
+    assert "add --length-unit tokens" in capsys.readouterr().err
+    assert not (tmp_path / "tokens" / "summary.json").exists() and not (tmp_path / "tok" / "summary.json").exists()
 
 
 def test_keyword_match_option_counts_words_or_substrings(tmp_path):

@@ -288,6 +288,19 @@ def test_summarize_keeps_a_block_per_problem():
     assert [b["bin"] for b in summarize(_samples(), bins="paper-a6")["difficulty_bins"]] == ["0-1", "2", "3", "4"]
 
 
+def test_length_unit_characters_by_default_or_tokens():
+    samples = [Sample("p", True, "correct", "1", "box", "abcdef", num_tokens=2),
+               Sample("p", False, "wrong", "2", "box", "abc", num_tokens=1)]
+    chars, tokens = summarize(samples), summarize(samples, length_unit="tokens")
+    assert (chars["length_unit"], chars["length"]) == ("chars", {"mean": 4.5, "mean_correct": 6, "mean_wrong": 3})
+    assert (tokens["length_unit"], tokens["length"]) == ("tokens", {"mean": 1.5, "mean_correct": 2, "mean_wrong": 1})
+    assert tokens["per_problem"]["p"]["length_sum"] == {"correct": 2, "wrong": 1}
+    with pytest.raises(ValueError, match="length_unit: tokens needs every sample's token count"):
+        summarize(samples + [Sample("q", True, "correct", "1", "box", "x")], length_unit="tokens")
+    with pytest.raises(ValueError, match="length_unit: 'words' is not one of chars, tokens"):
+        summarize(samples, length_unit="words")
+
+
 def test_summarize_rejects_k_above_n():
     with pytest.raises(ValueError, match="n = 4"):
         summarize(_samples(), ks=[8])

@@ -44,16 +44,17 @@ def synthetic_runs(seed: int = 0) -> dict[str, dict[str, list[dict]]]:
                     words.insert(rng.randint(0, len(words)), rng.choice([kw, kw.upper(), kw.capitalize()]))
                 key = "gold" if correct else rng.choice(["w1", "w2", "w3", None])
                 samples.append({"correct": correct, "key": key, "text": " ".join(words), "tokens": len(words),
+                                "chars": len(" ".join(words)),
                                 "keywords": len(keywords), "inserted": Counter(keywords)})
             runs[run][f"p{i:03d}"] = samples
     return runs
 
 
-def write_run(run_dir, problems: dict[str, list[dict]]) -> None:
+def write_run(run_dir, problems: dict[str, list[dict]], length_unit: str = "chars") -> None:
     samples = [Sample(pid, s["correct"], "correct" if s["correct"] else "wrong" if s["key"] else "no_answer",
                       s["key"], "box" if s["key"] else None, s["text"], s["tokens"])
                for pid, group in problems.items() for s in group]
-    summary = summarize(samples)
+    summary = summarize(samples, length_unit=length_unit)
     summary["run"] = {"model": f"synthetic-{run_dir.name}"}
     write_json(run_dir / "summary.json", summary)
 
@@ -186,7 +187,8 @@ def test_report_draws_the_papers_figures_from_two_256_sample_runs(runs, tmp_path
                    if line.startswith(("| base |", "| rl |"))]
     keyword_rows = [line for line in md.split("\n## Figure 14", 1)[1].split("\n## ")[0].splitlines()
                     if line.startswith(("| base |", "| rl |"))]
-    for rows, field in ((length_rows, "tokens"), (keyword_rows, "keywords")):
+    assert "## Figure 13: response length (chars)" in md
+    for rows, field in ((length_rows, "chars"), (keyword_rows, "keywords")):
         for line in rows:
             name, side, *cells = [c.strip() for c in line.strip("|").split("|")]
             expected = [per_response([s for i in ids for s in raw[name][i] if s["correct"] == (side == "correct")],
@@ -310,15 +312,31 @@ def test_every_figure_bins_by_the_main_texts_binning_by_default(runs, tmp_path):
                                                                    for lo, hi in bins]
 
 
-def test_runs_that_counted_keywords_differently_are_refused(runs, tmp_path, capsys):
+@pytest.mark.parametrize("key,value", [("keyword_match", "substring"), ("length_unit", "tokens")])
+def test_runs_measured_differently_are_refused(runs, tmp_path, capsys, key, value):
     import shutil
 
     _, base_dir, rl_dir = runs
-    other = tmp_path / "rl-substring"
+    other = tmp_path / "rl-other"
     shutil.copytree(rl_dir, other)
     summary = json.loads((other / "summary.json").read_text())
-    summary["keyword_match"] = "substring"
+    summary[key] = value
     (other / "summary.json").write_text(json.dumps(summary))
     assert main(["report", str(base_dir), str(other), "--out", str(tmp_path / "out")]) == 2
-    assert "rl-substring has keyword_match: substring, base keyword_match: word" in capsys.readouterr().err
+    assert f"rl-other has {key}: {value}, base {key}: " in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_lengths_in_tokens_when_the_runs_were_merged_so(tmp_path):
+    raw = synthetic_runs(seed=2)
+    for name, problems in raw.items():
+        write_run(tmp_path / name, problems, length_unit="tokens")
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "base"), str(tmp_path / "rl"), "--out", str(out), "--bins", "paper-a6"]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Figure 13: response length (tokens)" in md
+    section = md.split("\n## Figure 13", 1)[1].split("\n## ")[0]
+    [row] = [line for line in section.splitlines() if line.startswith("| base | correct |")]
+    expected = [per_response([s for i in ids for s in raw["base"][i] if s["correct"]], lambda s: s["tokens"])
+                for ids in bin_members(raw["base"], A6)]
+    assert_row([c.strip() for c in row.strip("|").split("|")][2:], expected)
