@@ -399,6 +399,11 @@ def _capability_block(stats: Sequence[ProblemStats], ks: Sequence[int]) -> dict:
     return out
 
 
+# The unit of response lengths (the paper does not say): characters (the default: what the released code counts,
+# and the same for every model whatever its tokenizer), or the tokens the model generated (``num_tokens``).
+LENGTH_UNITS = ("chars", "tokens")
+
+
 def summarize(
     samples: Iterable[Sample],
     ks: Sequence[int] | None = None,
@@ -419,11 +424,6 @@ def summarize(
         groups[s.problem_id].append(s)
     stats = [problem_stats(g, keywords, length_of, keyword_match) for g in groups.values()]
     return summarize_stats(stats, ks, bins, keywords, length_unit)
-
-
-# The unit of response lengths (the paper does not say): characters (the default: what the released code counts,
-# and the same for every model whatever its tokenizer), or the tokens the model generated (``num_tokens``).
-LENGTH_UNITS = ("chars", "tokens")
 
 
 def summarize_stats(
