@@ -22,6 +22,13 @@ def _bins_spec(text: str) -> str:
     return text
 
 
+def _report_bins_spec(text: str) -> str:
+    """report --bins: as ``_bins_spec``, or 'figures' (each figure in its appendix binning)."""
+    from .report import PER_FIGURE
+
+    return text if text == PER_FIGURE else _bins_spec(text)
+
+
 BINS_HELP = ("bins of the correct count: a name (paper-main, paper-fig8, paper-fig10, paper-a6: the paper's bins "
              "for n = 256, scaled to other n by ceil(edge * n / 256)) or explicit edges covering 0..n, "
              "e.g. 0,1-4,5-16,17-256")
@@ -61,8 +68,17 @@ def _add_grade(sub) -> None:
     p.add_argument("--item-timeout", type=float, default=10.0, help="hard wall-clock bound per answer, seconds")
     p.add_argument("--k", type=_parse_ks, help="pass@k values, e.g. 1,8,64 (default: 1,2,4,...,n)")
     p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: paper-main)")
-    p.add_argument("--tokenizer", help="tokenizer (model directory or Hub id) to measure lengths in tokens "
-                   "(default: the records' num_tokens if every record has one, else characters)")
+    from .metrics import KEYWORD_MATCHES, LENGTH_UNITS
+
+    p.add_argument("--length-unit", choices=LENGTH_UNITS, default="chars",
+                   help="response lengths in characters (as the paper's released code) or in tokens: the records' "
+                   "num_tokens, or --tokenizer's count (default: %(default)s)")
+    p.add_argument("--tokenizer", help="tokenizer (model directory or Hub id) to count each response's tokens, "
+                   "for --length-unit tokens")
+
+    p.add_argument("--keyword-match", choices=KEYWORD_MATCHES, default="word",
+                   help="count reflection keywords as whole words or phrases ('ok' is not in 'look'), or as plain "
+                   "lower-case substrings (default: %(default)s)")
     p.set_defaults(func=_run_grade)
 
 
@@ -73,6 +89,7 @@ def _run_grade(args) -> int:
     summary = grade_file(
         args.input, args.out, args.problems, mode=args.extract, settings=GraderSettings(order=args.order),
         workers=args.workers, item_timeout=args.item_timeout, ks=args.k, bins=args.bins, tokenizer=args.tokenizer,
+        keyword_match=args.keyword_match, length_unit=args.length_unit,
     )
     headline = {k: v for k, v in summary.items() if k.startswith(("accuracy", "pass@", "maj@", "verdicts", "problems"))}
     print(json.dumps(headline, indent=2))
@@ -165,8 +182,9 @@ def _add_report(sub) -> None:
                        "capability, pass@k, and the paper's Figures 8, 9, 10, 13 and 14 by the base model's bins.")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run directories with summary.json")
     p.add_argument("--out", required=True, help="output directory for report.md and the plots")
-    p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: each figure's own: paper-fig8 for "
-                   "Figures 8 and 9, paper-fig10 for Figure 10, paper-a6 for Figures 13 and 14)")
+    p.add_argument("--bins", type=_report_bins_spec, default="paper-main", help=BINS_HELP + " for every figure, or "
+                   "'figures': each in its appendix binning (paper-fig8 for Figures 8 and 9, paper-fig10 for "
+                   "Figure 10, paper-a6 for Figures 13 and 14) (default: %(default)s, the main text's)")
     p.add_argument("--hardest", type=int, metavar="K", help="only the K problems the base solves least often "
                    "(ties broken by problem id), e.g. 50 as in the paper's Figure 16")
     p.add_argument("--paper", choices=tuple(MODELS), help="print the paper's Table 3 rows for this model beside yours")

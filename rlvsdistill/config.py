@@ -24,6 +24,7 @@ import yaml
 from .data import DATASETS, PROMPT_TEMPLATES
 from .grading import EXTRACT_MODES
 from .io import UserError
+from .metrics import KEYWORD_MATCHES, LENGTH_UNITS
 
 PROMPT_TEMPLATE_NAMES = (*PROMPT_TEMPLATES, "chat")
 REWARD_SCALES = ("plus_minus_one", "binary")
@@ -144,6 +145,12 @@ class ShardedRunFields:
     )
     part_size: int = field(default=8, metadata={"help": "problems per atomically written part (the resume unit)"})
     ks: list[int] | None = field(default=None, metadata={"help": "pass@k values (default 1, 2, 4, ..., n)"})
+    length_unit: str = field(
+        default="chars", metadata={"help": "response lengths in characters (chars, as the released code) or in the "
+                                  "generated tokens (tokens)"})
+    keyword_match: str = field(
+        default="word", metadata={"help": "reflection keywords counted as whole words or phrases (word: 'ok' is not "
+                                  "counted in 'look'), or as plain lower-case substrings (substring)"})
     grader_workers: int | None = field(default=None, metadata={"help": GRADER_WORKERS_HELP})
     merge_wait_seconds: int = field(
         default=0, metadata={"help": "the merge waits up to this long for every shard to finish (a merge Job)"}
@@ -340,6 +347,10 @@ def _check_sharded_run(kind: str, values: dict[str, Any], hardware: bool) -> lis
             problems.append("ks: expected a list of positive integers")
         elif isinstance(n, int) and max(ks) > n:
             problems.append(f"ks: pass@{max(ks)} needs at least {max(ks)} samples per problem, but n = {n}")
+    if values.get("length_unit", "chars") not in LENGTH_UNITS:
+        problems.append(f"length_unit: {values['length_unit']!r} is not one of {', '.join(LENGTH_UNITS)}")
+    if values.get("keyword_match", "word") not in KEYWORD_MATCHES:
+        problems.append(f"keyword_match: {values['keyword_match']!r} is not one of {', '.join(KEYWORD_MATCHES)}")
     if hardware and values.get("output_dir"):
         from .paths import resolve_output_dir
 

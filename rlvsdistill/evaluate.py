@@ -268,7 +268,7 @@ def merge(cfg) -> dict:
             counts[order[pid]] = len(group)
             if len(group) != cfg.n and not short_at:
                 short_at = f" ({pid!r} ends at {last_path}:{last_line}: a truncated part?)"
-            stats.append(problem_stats(samples_from_records([g[3] for g in group])))
+            stats.append(problem_stats(samples_from_records([g[3] for g in group]), keyword_match=cfg.keyword_match))
             progress.update(1)
         progress.close()
         short = {p.id: counts[i] for i, p in enumerate(problems) if counts[i] != cfg.n}
@@ -277,7 +277,7 @@ def merge(cfg) -> dict:
             raise UserError(f"{run_dir}: {len(short)} problem(s) do not have n = {cfg.n} samples, "
                             f"e.g. {some}{short_at}")
         try:
-            summary = summarize_stats(stats, ks=cfg.ks)
+            summary = summarize_stats(stats, ks=cfg.ks, length_unit=cfg.length_unit)
         except ValueError as exc:
             raise UserError(str(exc)) from None
     summary["run"] = {"model": cfg.model_name_or_path, "dataset": cfg.dataset_name, "n": cfg.n,

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 # Table 5 of the paper (arXiv 2505.14216 v2, A.6.2): the 27 reflection-related phrases as stored. The paper
-# counts occurrences per response in lower case; ``keyword_counts`` matches them case-insensitively and as whole
-# words or phrases (so "ok" does not match "look" or "token"). Pass ``keywords=`` to count your own.
+# counts occurrences per response in lower case; ``keyword_counts`` matches them case-insensitively, as whole
+# words or phrases by default (so "ok" does not match "look" or "token"). Pass ``keywords=`` to count your own.
 REFLECTION_KEYWORDS: tuple[str, ...] = (
     "actually", "aha", "alternatively", "correction:", "another approach", "different method",
     "checking our work", "double-check", "hmm", "however", "I made a mistake", "I need to reconsider", "I realize",
@@ -85,6 +85,18 @@ def answer_entropy(keys: Sequence[str | None], correct: Sequence[bool]) -> float
     counts = Counter("\0correct" if ok else ("\0none" if key is None else key) for key, ok in zip(keys, correct))
     total = sum(counts.values())
     return -sum((c / total) * math.log(c / total) for c in counts.values()) if total else 0.0
+
+
+def answer_entropy_by_correctness(keys: Sequence[str | None], correct: Sequence[bool]) -> tuple[float | None, ...]:
+    """(correct, wrong): the entropy (nats) of the final answers among one problem's correct responses, and among
+    its wrong ones (None for a side without responses). Within a side, answers group by their canonical key, as
+    "identical final answer" reads (A.4): the correct side is 0 unless equal answers are written in forms that
+    the key tells apart (1/2 and 0.5)."""
+    def side(ok: bool) -> float | None:
+        own = [key for key, c in zip(keys, correct) if c == ok]
+        return answer_entropy(own, [False] * len(own)) if own else None
+
+    return side(True), side(False)
 
 
 Bin = tuple[int, int]  # inclusive correct-count range
@@ -202,10 +214,21 @@ def _matchers(keywords: tuple[str, ...]) -> list[tuple[str, str, Callable]]:
             for kw in keywords]
 
 
-def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS) -> dict[str, int]:
-    """Occurrences of each keyword in one response, case-insensitive, as whole words or phrases (so "ok" does
-    not match "look"). A response contains a keyword ("presence") when its count is above 0."""
+# How a keyword is matched in a response (the paper does not say): as a whole word or phrase (the default: a
+# phrase is counted, not its letters inside other words, e.g. "ok" in "look" or "token"), or as a plain lower-case
+# substring (``text.lower().count(keyword.lower())``: the simplest reading of "counted in lower case").
+KEYWORD_MATCHES = ("word", "substring")
+
+
+def keyword_counts(text: str, keywords: Sequence[str] = REFLECTION_KEYWORDS, match: str = "word") -> dict[str, int]:
+    """Occurrences of each keyword in one response, case-insensitive, matched as ``KEYWORD_MATCHES`` says: whole
+    words or phrases (so "ok" does not match "look"), or substrings. A response contains a keyword ("presence")
+    when its count is above 0."""
     lowered = text.lower()
+    if match == "substring":
+        return {kw: lowered.count(kw.lower()) for kw in keywords}
+    if match != "word":
+        raise ValueError(f"keyword_match: {match!r} is not one of {', '.join(KEYWORD_MATCHES)}")
     return {kw: len(findall(lowered)) if probe in lowered else 0 for kw, probe, findall in _matchers(tuple(keywords))}
 
 
@@ -239,6 +262,7 @@ class ProblemStats:
     correct_box: int
     majority_correct: bool
     entropy: float
+    entropy_by_correctness: tuple[float | None, float | None]  # (correct, wrong)
     statuses: Counter
     sources: Counter  # answer source ("none" without one) -> samples
     correct_sources: Counter  # answer source -> correct samples
@@ -246,6 +270,7 @@ class ProblemStats:
     # Aligned with the keywords: (correct, wrong) tuples of total occurrences and of responses containing it.
     keyword_occurrences: tuple[tuple[int, ...], tuple[int, ...]]
     keyword_responses: tuple[tuple[int, ...], tuple[int, ...]]
+    keyword_match: str = "word"  # how the keywords were matched (``KEYWORD_MATCHES``)
     level: str | None = None
     subject: str | None = None
 
@@ -253,14 +278,17 @@ class ProblemStats:
         """The problem's block in ``summary.json``'s ``per_problem``; the report joins these blocks across runs on
         the problem id to stratify by the base model's bins (``pool_problem_blocks`` folds them).
 
-        Keys: ``n``, ``correct`` (count), ``majority_correct``, ``answer_entropy_nats``, ``length_sum`` {correct,
-        wrong} (in the summary's ``length_unit``; the sample counts are ``correct`` and n - correct), and
+        Keys: ``n``, ``correct`` (count), ``majority_correct``, ``answer_entropy_nats`` and
+        ``answer_entropy_by_correctness`` {correct, wrong} (among the correct / the wrong responses), ``length_sum``
+        {correct, wrong} (in the summary's ``length_unit``; the sample counts are ``correct`` and n - correct), and
         ``keyword_occurrences`` / ``keyword_responses`` {correct, wrong}: lists aligned with ``keywords`` of the
         total occurrences and of the number of responses that contain each keyword.
         """
         return {
             "n": self.n, "correct": self.correct, "majority_correct": self.majority_correct,
-            "answer_entropy_nats": self.entropy, "length_sum": dict(zip(("correct", "wrong"), self.lengths[unit])),
+            "answer_entropy_nats": self.entropy,
+            "answer_entropy_by_correctness": dict(zip(("correct", "wrong"), self.entropy_by_correctness)),
+            "length_sum": dict(zip(("correct", "wrong"), self.lengths[unit])),
             "keyword_occurrences": dict(zip(("correct", "wrong"), map(list, self.keyword_occurrences))),
             "keyword_responses": dict(zip(("correct", "wrong"), map(list, self.keyword_responses))),
         }
@@ -270,8 +298,10 @@ def problem_stats(
     samples: Sequence[Sample],
     keywords: Sequence[str] = REFLECTION_KEYWORDS,
     length_of: Callable[[Sample], float] | None = None,
+    keyword_match: str = "word",
 ) -> ProblemStats:
-    """The aggregates of one problem's samples (all with the same problem id), for ``summarize_stats``."""
+    """The aggregates of one problem's samples (all with the same problem id), for ``summarize_stats``;
+    ``keyword_match`` is one of ``KEYWORD_MATCHES``."""
     if not samples:
         raise ValueError("a problem needs at least one sample")
     keys, correct = [s.key for s in samples], [s.correct for s in samples]
@@ -288,7 +318,7 @@ def problem_stats(
     occurrences = {side: [0] * len(keywords) for side in (True, False)}
     responses = {side: [0] * len(keywords) for side in (True, False)}
     for s in samples:
-        for i, count in enumerate(keyword_counts(s.response, keywords).values()):
+        for i, count in enumerate(keyword_counts(s.response, keywords, keyword_match).values()):
             occurrences[s.correct][i] += count
             responses[s.correct][i] += count > 0
     first = samples[0]
@@ -299,12 +329,14 @@ def problem_stats(
         correct_box=sum(s.correct and s.source == "box" for s in samples),
         majority_correct=majority_correct(keys, correct),
         entropy=answer_entropy(keys, correct),
+        entropy_by_correctness=answer_entropy_by_correctness(keys, correct),
         statuses=Counter(s.status for s in samples),
         sources=Counter(s.source or "none" for s in samples),
         correct_sources=Counter(s.source for s in samples if s.correct),
         lengths=lengths,
         keyword_occurrences=(tuple(occurrences[True]), tuple(occurrences[False])),
         keyword_responses=(tuple(responses[True]), tuple(responses[False])),
+        keyword_match=keyword_match,
         level=first.level,
         subject=first.subject,
     )
@@ -317,7 +349,8 @@ def _mean(xs: Iterable[float]) -> float | None:
 
 def pool_problem_blocks(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
     """Fold the ``ProblemStats.block``s of a set of problems into their means: ``problems``, ``accuracy`` (mean c/n),
-    ``maj`` (share of problems whose majority answer is correct), ``answer_entropy_nats`` (mean over problems),
+    ``maj`` (share of problems whose majority answer is correct), ``answer_entropy_nats`` (mean over problems;
+    ``answer_entropy_by_correctness`` {correct, wrong}: over the problems with responses on that side),
     ``mean_length`` {correct, wrong} (per response), ``reflection_per_response`` {correct, wrong} (all keywords'
     occurrences per response), and per keyword ``keywords_per_response`` (occurrences per response) and
     ``keyword_presence`` (share of responses containing it), each {correct, wrong}. Means over nothing are None."""
@@ -336,6 +369,9 @@ def pool_problem_blocks(stats: Iterable[dict], keywords: Sequence[str]) -> dict:
         "accuracy": _mean(p["correct"] / p["n"] for p in stats),
         "maj": _mean(float(p["majority_correct"]) for p in stats),
         "answer_entropy_nats": _mean(p["answer_entropy_nats"] for p in stats),
+        "answer_entropy_by_correctness": {side: _mean(p["answer_entropy_by_correctness"][side] for p in stats
+                                                      if p["answer_entropy_by_correctness"][side] is not None)
+                                          for side in responses},
         "mean_length": {side: per_response(side, sum(p["length_sum"][side] for p in stats)) for side in responses},
         "reflection_per_response": {
             side: per_response(side, sum(sum(p["keyword_occurrences"][side]) for p in stats)) for side in responses},
@@ -363,24 +399,31 @@ def _capability_block(stats: Sequence[ProblemStats], ks: Sequence[int]) -> dict:
     return out
 
 
+# The unit of response lengths (the paper does not say): characters (the default: what the released code counts,
+# and the same for every model whatever its tokenizer), or the tokens the model generated (``num_tokens``).
+LENGTH_UNITS = ("chars", "tokens")
+
+
 def summarize(
     samples: Iterable[Sample],
     ks: Sequence[int] | None = None,
     bins: Sequence[Bin] | None = None,
     keywords: Sequence[str] = REFLECTION_KEYWORDS,
     length_of: Callable[[Sample], int] | None = None,
+    keyword_match: str = "word",
+    length_unit: str = "chars",
 ) -> dict:
     """All metrics for a set of graded samples (see the module docstring); JSON-ready.
 
     Groups the samples by problem (in order of first appearance) and folds their ``problem_stats`` with
-    ``summarize_stats``. ``ks`` defaults to 1, 2, 4, ... n; pass@k with k > n raises. ``length_of`` defaults to
-    the token count when every sample has one, else the character count.
+    ``summarize_stats``. ``ks`` defaults to 1, 2, 4, ... n; pass@k with k > n raises. Lengths are in
+    ``length_unit`` (``LENGTH_UNITS``), or ``length_of``'s when given.
     """
     groups: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         groups[s.problem_id].append(s)
-    stats = [problem_stats(g, keywords, length_of) for g in groups.values()]
-    return summarize_stats(stats, ks, bins, keywords)
+    stats = [problem_stats(g, keywords, length_of, keyword_match) for g in groups.values()]
+    return summarize_stats(stats, ks, bins, keywords, length_unit)
 
 
 def summarize_stats(
@@ -388,6 +431,7 @@ def summarize_stats(
     ks: Sequence[int] | None = None,
     bins: Sequence[Bin] | None = None,
     keywords: Sequence[str] = REFLECTION_KEYWORDS,
+    length_unit: str = "chars",
 ) -> dict:
     """``summarize`` from per-problem aggregates (one ``problem_stats`` per problem, in problem order).
 
@@ -402,8 +446,13 @@ def summarize_stats(
     if too_big:
         raise ValueError(f"pass@k with k = {too_big} needs at least that many samples per problem; n = {n}")
     bins = resolve_bins(bins, n) if bins else difficulty_bins(n)
-    units = set.intersection(*(set(p.lengths) for p in stats))
-    unit = "custom" if "custom" in units else "tokens" if "tokens" in units else "chars"
+    if length_unit not in LENGTH_UNITS:
+        raise ValueError(f"length_unit: {length_unit!r} is not one of {', '.join(LENGTH_UNITS)}")
+    unit = "custom" if all("custom" in p.lengths for p in stats) else length_unit
+    lacking = [p.problem_id for p in stats if unit not in p.lengths]
+    if lacking:
+        raise ValueError(f"length_unit: {unit} needs every sample's token count (num_tokens); {len(lacking)} "
+                         f"problem(s) have samples without one, e.g. {lacking[0]!r}")
 
     statuses, sources, correct_by_source = Counter(), Counter(), Counter()
     for p in stats:
@@ -445,7 +494,11 @@ def summarize_stats(
     }
     per_problem = {p.problem_id: p.block(unit) for p in stats}
     pooled = pool_problem_blocks(per_problem.values(), keywords)
+    matches = {p.keyword_match for p in stats}
+    if len(matches) > 1:
+        raise ValueError(f"keyword_match: the problems were counted in different ways ({sorted(matches)})")
     summary["keywords"] = list(keywords)
+    summary["keyword_match"] = stats[0].keyword_match
     summary["keywords_per_response"] = pooled["keywords_per_response"]
     summary["keyword_presence"] = pooled["keyword_presence"]
     for field in ("level", "subject"):

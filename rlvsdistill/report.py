@@ -6,10 +6,11 @@ runs' per-problem blocks (``metrics.ProblemStats.block``), joined on the problem
 - accuracy, maj@n and pass@n (optionally beside the paper's Table 3 row, ``--paper``), and pass@k curves;
 - Figure 8: mean success per bin of the *base* model's correct count, and its change against the base;
 - Figure 9: transitions of problems between bins (base -> each other run);
-- Figure 10: answer entropy per base bin;
+- Figure 10: answer entropy per base bin, over all responses and split by correctness;
 - Figures 13 and 14: response length and reflection keywords per base bin, split by correctness.
 
-Each figure uses the paper's binning for it (``FIGURE_BINNINGS``) unless ``bins`` names one for all.
+Every figure bins by the paper's main-text binning (``paper-main``) unless ``bins`` names another for all, or is
+``figures``: each figure in its appendix binning (``FIGURE_BINNINGS``).
 ``hardest=K`` restricts everything to the K problems the base solves least often.
 """
 
@@ -38,9 +39,15 @@ from .metrics import (
 
 logger = logging.getLogger(__name__)
 
-# The paper's binning for each figure that groups problems by the base model's correct count.
+# The binning of every figure by default: the main text's (its figures bin problems this way); the appendix
+# draws each figure in its own, ``FIGURE_BINNINGS``, which ``bins="figures"`` selects.
+DEFAULT_BINS = "paper-main"
+PER_FIGURE = "figures"
 FIGURE_BINNINGS = {"fig8": "paper-fig8", "fig10": "paper-fig10", "a6": "paper-a6"}
 SIDES = ("correct", "wrong")
+BLOCK_KEYS = ("answer_entropy_by_correctness",)  # per_problem keys that older summaries lack
+# How a summary measured its responses (the value when an older summary does not say): runs must agree.
+MEASURES = {"length_unit": "chars", "keyword_match": "word"}
 
 
 @dataclass
@@ -91,8 +98,11 @@ def load_runs(run_dirs: list[str]) -> list[Run]:
     runs = []
     for d in run_dirs:
         summary = load_summary(d)
-        if "per_problem" not in summary:
-            raise UserError(f"{d}/summary.json has no per_problem block (written by an older rlvsdistill); "
+        blocks = summary.get("per_problem")
+        lacking = ["per_problem block"] if not isinstance(blocks, dict) else [
+            f"{key!r} in its per_problem blocks" for key in BLOCK_KEYS if key not in next(iter(blocks.values()), {})]
+        if lacking:
+            raise UserError(f"{d}/summary.json has no {lacking[0]} (written by an older rlvsdistill); "
                             "run `rlvsdistill eval-merge` (or `grade`) again to rewrite it")
         runs.append(Run(Path(d).name, summary, summary["per_problem"]))
     names = [r.name for r in runs]
@@ -102,6 +112,11 @@ def load_runs(run_dirs: list[str]) -> list[Run]:
         if r.summary["keywords"] != runs[0].summary["keywords"]:
             raise UserError(f"report: {r.name} counted other reflection keywords than {runs[0].name}; "
                             "merge both with the same keyword list")
+        for key, default in MEASURES.items():
+            theirs, base = r.summary.get(key, default), runs[0].summary.get(key, default)
+            if theirs != base:
+                raise UserError(f"report: {r.name} has {key}: {theirs}, {runs[0].name} {key}: {base}; merge both "
+                                f"with the same {key} (a config key of eval-merge, an option of grade)")
     return runs
 
 
@@ -169,13 +184,14 @@ class Report:
     """Builds report.md section by section; each ``section_*`` method returns its Markdown lines."""
 
     def __init__(self, runs: list[Run], out: Path, bins: str | None):
-        self.runs, self.out, self.bins = runs, out, bins
+        self.runs, self.out, self.bins = runs, out, bins or DEFAULT_BINS
         self.base = runs[0]
         self.keywords = self.base.summary["keywords"]
-        self.unit = self.base.summary.get("length_unit", "chars")
+        self.unit = self.base.summary.get("length_unit", MEASURES["length_unit"])
+        self.keyword_match = self.base.summary.get("keyword_match", MEASURES["keyword_match"])
 
     def strata(self, figure: str) -> Strata:
-        return stratify(self.base, self.bins or FIGURE_BINNINGS[figure])
+        return stratify(self.base, FIGURE_BINNINGS[figure] if self.bins == PER_FIGURE else self.bins)
 
     def bin_axis(self, strata: Strata) -> str:
         return f"{self.base.name}'s correct count out of {self.base.n} ({strata.title})"
@@ -275,33 +291,29 @@ class Report:
         return md
 
     def section_entropy(self) -> list[str]:
-        strata = self.strata("fig10")
-        entropy = {r.name: [p["answer_entropy_nats"] for p in strata.pooled(r)] for r in self.runs}
-        fig = _bar_panels({"answer entropy": entropy}, strata.labels, self.bin_axis(strata), "mean entropy (nats)")
-        png = _png(self.out, "entropy_by_bin.png", fig)
-        return [f"## Figure 10: answer entropy (nats) per bin of {self.base.name}'s correct count", "",
-                f"![Figure 10: entropy by bin]({png})", "",
-                _table(["run \\ bin (problems)"] + self.bin_header(strata),
-                       [[name] + values for name, values in entropy.items()]), ""]
+        return self.stratified_section("fig10", "Figure 10: answer entropy (nats)", "entropy_by_bin.png",
+                                       "answer_entropy_by_correctness", "mean entropy (nats)",
+                                       overall="answer_entropy_nats")
 
-    def by_correctness(self, strata: Strata, field: str) -> dict[str, dict[str, list]]:
-        """{side: {run: the pooled ``field`` (a {correct, wrong} dict) per bin}}."""
+    def stratified_section(self, figure: str, title: str, png: str, field: str, ylabel: str,
+                           overall: str | None = None) -> list[str]:
+        """A Figure 10/13/14 section: ``field`` (a {correct, wrong} dict) per base bin, one panel per correctness
+        (first, with ``overall``, one of all responses), and a table row per run and panel."""
+        strata = self.strata(figure)
         pooled = {r.name: strata.pooled(r) for r in self.runs}
-        return {side: {name: [p[field][side] for p in per_bin] for name, per_bin in pooled.items()} for side in SIDES}
-
-    def stratified_section(self, title: str, png: str, field: str, ylabel: str) -> list[str]:
-        """A Figure 13/14 section: ``field`` per base bin, one panel per correctness, a table row per run and side."""
-        strata = self.strata("a6")
-        values = self.by_correctness(strata, field)
+        values = {side: {name: [p[field][side] for p in per_bin] for name, per_bin in pooled.items()}
+                  for side in SIDES}
+        if overall:
+            values = {"all": {name: [p[overall] for p in per_bin] for name, per_bin in pooled.items()}, **values}
         fig = _bar_panels({f"{side} responses": series for side, series in values.items()}, strata.labels,
                           self.bin_axis(strata), ylabel)
         png = _png(self.out, png, fig)
-        rows = [[name, side] + values[side][name] for name in values["correct"] for side in SIDES]
+        rows = [[name, side] + values[side][name] for name in pooled for side in values]
         return [f"## {title} per bin of {self.base.name}'s correct count, by correctness", "",
                 f"![{title}]({png})", "", _table(["run", "responses"] + self.bin_header(strata), rows), ""]
 
     def section_keywords(self) -> list[str]:
-        md = self.stratified_section("Figure 14: reflection keywords per response", "keywords_by_bin.png",
+        md = self.stratified_section("a6", "Figure 14: reflection keywords per response", "keywords_by_bin.png",
                                      "reflection_per_response", "keyword occurrences per response")
         pooled = {r.name: r.pooled() for r in self.runs}
         header = ["keyword"] + [f"{name} {what} {side}" for name in pooled
@@ -310,7 +322,9 @@ class Report:
                         for field in ("keywords_per_response", "keyword_presence") for side in SIDES]
                 for kw in self.keywords]
         return md + ["Each keyword over all problems: occurrences per response, and the share of responses that "
-                     "contain it (case-insensitive, whole words).", "", _table(header, rows), ""]
+                     "contain it (case-insensitive, "
+                     f"{'whole words' if self.keyword_match == 'word' else 'substrings'}: keyword_match "
+                     f"{self.keyword_match}).", "", _table(header, rows), ""]
 
     def notes(self, hardest: int | None) -> list[str]:
         lines = [f"Base model: **{self.base.name}**. Numbers are computed from each run's `summary.json` "
@@ -318,7 +332,10 @@ class Report:
         if hardest:
             lines.append(f"Restricted to the {hardest} problems {self.base.name} solves least often "
                          "(ties broken by problem id).")
-        named = [self.bins] if self.bins else list(FIGURE_BINNINGS.values())
+        named = list(FIGURE_BINNINGS.values()) if self.bins == PER_FIGURE else [self.bins]
+        lines.append("Bins: each figure's appendix binning (`--bins figures`)." if self.bins == PER_FIGURE else
+                     f"Bins: `{self.bins}` for every figure" + (" (the paper's main text; `--bins figures` draws "
+                     "each in its appendix binning)." if self.bins == DEFAULT_BINS else "."))
         if self.base.n != PAPER_N and any(b in NAMED_BINNINGS for b in named):
             lines.append(f"The paper's bins are for n = {PAPER_N}; here n = {self.base.n}, so each upper edge e "
                          f"becomes ceil(e * {self.base.n} / {PAPER_N}) and bins left empty are dropped.")
@@ -333,7 +350,8 @@ def build_report(run_dirs: list[str], out_dir: str, bins: str | None = None, har
                  paper_model: str | None = None, paper_split: str = "math500") -> Path:
     """Write ``report.md`` and its PNGs to ``out_dir``; returns the Markdown path.
 
-    ``bins``: a binning name or explicit edges for every binned figure (default: each figure's paper binning).
+    ``bins``: a binning name or explicit edges for every binned figure (default ``paper-main``, the main text's),
+    or ``figures`` for each figure's appendix binning.
     ``hardest``: restrict to the base's K least-solved problems. ``paper_model``: add the paper's Table 3 rows.
     """
     import matplotlib
@@ -362,7 +380,7 @@ def build_report(run_dirs: list[str], out_dir: str, bins: str | None = None, har
     md += report.section_success()
     md += report.section_transitions()
     md += report.section_entropy()
-    md += report.stratified_section(f"Figure 13: response length ({report.unit})", "length_by_bin.png",
+    md += report.stratified_section("a6", f"Figure 13: response length ({report.unit})", "length_by_bin.png",
                                     "mean_length", f"mean length ({report.unit})")
     md += report.section_keywords()
     path = out / "report.md"

@@ -102,10 +102,13 @@ def grade_file(
     ks: Sequence[int] | None = None,
     bins: str | Sequence[Bin] | None = None,
     tokenizer: str | None = None,
+    keyword_match: str = "word",
+    length_unit: str = "chars",
 ) -> dict:
     """Grade a JSONL of responses; write ``verdicts.jsonl`` and ``summary.json`` to ``out_dir``; return the summary.
 
-    With ``tokenizer``, every record's ``num_tokens`` is measured with it, so lengths are reported in tokens.
+    Lengths are in ``length_unit``; for tokens, every record's ``num_tokens`` is measured with ``tokenizer`` when
+    given, else each record needs one.
     """
     problems = load_problems_jsonl(problems_path) if problems_path else None
     records = load_response_records(input_path, problems)
@@ -125,6 +128,12 @@ def grade_file(
             resolve_bins(bins, n)
         except ValueError as exc:
             raise UserError(f"--bins: {exc}") from None
+    if tokenizer and length_unit != "tokens":
+        raise UserError("--tokenizer measures lengths in tokens: add --length-unit tokens")
+    lacking = [r["problem_id"] for r in records if not isinstance(r.get("num_tokens"), int)]
+    if length_unit == "tokens" and not tokenizer and lacking:
+        raise UserError(f"--length-unit tokens: {len(lacking)} record(s) of {input_path} have no num_tokens, e.g. "
+                        f"problem {lacking[0]!r}; pass --tokenizer to count them")
     progress = Progress("grading", total=0, unit="answers", every=5.0)
     if tokenizer:
         count_tokens(records, tokenizer)
@@ -132,7 +141,8 @@ def grade_file(
         attach_verdicts(records, mode, pool, progress.callback)
     progress.close()
     try:
-        summary = summarize(samples_from_records(records), ks=ks, bins=bins)
+        summary = summarize(samples_from_records(records), ks=ks, bins=bins, keyword_match=keyword_match,
+                            length_unit=length_unit)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     summary["grader"] = {"mode": mode, "order": (settings or GraderSettings()).order, "killed_workers": pool.killed_workers}

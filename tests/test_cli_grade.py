@@ -68,9 +68,42 @@ def test_lengths_in_tokens_with_a_tokenizer(tmp_path, tiny_model):
 
     responses = ["Compute 3 + 4 = 7, so \\\\boxed{7}", "\\\\boxed{8}"]
     inp = write_lines(tmp_path / "r.jsonl", [f'{{"gold": "7", "response": "{r}"}}' for r in responses])
-    assert main(["grade", str(inp), "--out", str(tmp_path / "out"), "--tokenizer", str(tiny_model)]) == 0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    out = tmp_path / "out"
+    assert main(["grade", str(inp), "--out", str(out), "--tokenizer", str(tiny_model), "--length-unit", "tokens"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
     tok = AutoTokenizer.from_pretrained(tiny_model)
     lengths = [len(tok(json.loads(f'"{r}"'), add_special_tokens=False)["input_ids"]) for r in responses]
     assert summary["length_unit"] == "tokens"
     assert summary["length"] == {"mean": sum(lengths) / 2, "mean_correct": lengths[0], "mean_wrong": lengths[1]}
+
+
+def test_lengths_in_characters_by_default_and_tokens_only_where_counted(tmp_path, capsys):
+    rows = ['{"gold": "7", "response": "so \\\\boxed{7}", "num_tokens": 4}', '{"gold": "7", "response": "\\\\boxed{8}"}']
+    inp = write_lines(tmp_path / "r.jsonl", rows)
+    assert main(["grade", str(inp), "--out", str(tmp_path / "chars")]) == 0
+    summary = json.loads((tmp_path / "chars" / "summary.json").read_text())
+    assert summary["length_unit"] == "chars"
+    assert summary["length"] == {"mean": (12 + 9) / 2, "mean_correct": len("so \\boxed{7}"), "mean_wrong": 9}
+    assert main(["grade", str(inp), "--out", str(tmp_path / "tokens"), "--length-unit", "tokens"]) == 2
+    assert "--length-unit tokens: 1 record(s) of" in capsys.readouterr().err  # the second has no num_tokens
+    assert main(["grade", str(inp), "--out", str(tmp_path / "tok"), "--tokenizer", "/nonexistent"]) == 2
+    assert "add --length-unit tokens" in capsys.readouterr().err
+    assert not (tmp_path / "tokens" / "summary.json").exists() and not (tmp_path / "tok" / "summary.json").exists()
+
+
+def test_keyword_match_option_counts_words_or_substrings(tmp_path):
+    responses = ["Okay, look at the token: ok. \\\\boxed{7}", "Hmm, hmmm. \\\\boxed{8}"]
+    inp = write_lines(tmp_path / "r.jsonl", [f'{{"gold": "7", "response": "{r}"}}' for r in responses])
+    per_response = {}
+    for match in ("word", "substring"):
+        assert main(["grade", str(inp), "--out", str(tmp_path / match), "--keyword-match", match]) == 0
+        summary = json.loads((tmp_path / match / "summary.json").read_text())
+        assert summary["keyword_match"] == match
+        per_response[match] = summary["keywords_per_response"]
+    assert per_response["word"]["ok"] == {"correct": 1.0, "wrong": 0.0}
+    assert per_response["substring"]["ok"] == {"correct": 4.0, "wrong": 0.0}  # Okay, look, token, ok
+    assert per_response["word"]["hmm"] == {"correct": 0.0, "wrong": 1.0}
+    assert per_response["substring"]["hmm"] == {"correct": 0.0, "wrong": 2.0}
+    with pytest.raises(SystemExit) as exit_:
+        main(["grade", str(inp), "--out", str(tmp_path / "x"), "--keyword-match", "regex"])
+    assert exit_.value.code == 2 and not (tmp_path / "x").exists()

@@ -120,6 +120,8 @@ BAD_EVAL = [
     ({"model_name_or_path": "/nonexistent/model"}, "model_name_or_path: /nonexistent/model does not exist"),
     ({"ks": [1, 8]}, "ks: pass@8 needs at least 8 samples per problem, but n = 4"),
     ({"shard_index": 2, "num_shards": 2}, "shard_index: 2 is outside 0..1"),
+    ({"keyword_match": "regex"}, "keyword_match: 'regex' is not one of word, substring"),
+    ({"length_unit": "words"}, "length_unit: 'words' is not one of chars, tokens"),
 ]
 
 

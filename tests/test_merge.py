@@ -130,3 +130,23 @@ def test_resuming_a_shard_with_another_config_is_refused_before_any_work(tmp_pat
                                         r"\(n: 8 there, 16 here; seed: 0 there, 5 here\)"):
         run_shard(replace(cfg, n=16, seed=5, shard_index=0))  # fails before loading the (absent) model
     assert part.read_bytes() == before and not (Path(cfg.output_dir) / "run_record.json").exists()
+
+
+def test_merge_measures_as_the_config_says(tmp_path):
+    """keyword_match and length_unit (config keys) reach the merge: the summary equals ``summarize`` with them, and
+    merging a finished run again with other values rewrites its summary (no sampling again)."""
+    from rlvsdistill.io import read_jsonl
+    from rlvsdistill.metrics import summarize
+    from rlvsdistill.scoring import samples_from_records
+
+    cfg = synthetic(tmp_path, 16, 8, shards=2)
+    first = merge(cfg)
+    assert (first["keyword_match"], first["length_unit"]) == ("word", "chars")
+    cfg.keyword_match, cfg.length_unit = "substring", "tokens"
+    summary = merge(cfg)
+    assert json.loads((Path(cfg.output_dir) / "summary.json").read_text())["length_unit"] == "tokens"
+    records = [rec for _, rec in read_jsonl(Path(cfg.output_dir) / "samples.jsonl")]
+    expected = summarize(samples_from_records(records), keyword_match="substring", length_unit="tokens")
+    assert (summary["keyword_match"], summary["length_unit"]) == ("substring", "tokens")
+    assert summary["per_problem"] == json.loads(json.dumps(expected["per_problem"]))
+    assert summary["length"]["mean"] == sum(r["num_tokens"] for r in records) / len(records)

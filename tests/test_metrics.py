@@ -11,6 +11,7 @@ from rlvsdistill.metrics import (
     REFLECTION_KEYWORDS,
     Sample,
     answer_entropy,
+    answer_entropy_by_correctness,
     default_ks,
     difficulty_bins,
     keyword_counts,
@@ -80,6 +81,22 @@ def test_answer_entropy():
     assert answer_entropy(["1", "0.5", "7", "7"], [True, True, False, False]) == pytest.approx(math.log(2))
     # four different answers, one of them "no answer": log 4
     assert answer_entropy(["1", "2", "3", None], [False] * 4) == pytest.approx(math.log(4))
+
+
+ENTROPY_SPLIT_CASES = [
+    # (keys, correct, (entropy among the correct responses, among the wrong ones))
+    (["1", "1", "7", "8"], [True, True, False, False], (0.0, math.log(2))),  # one correct form; two wrong answers
+    (["1", "0.5", "7", "7"], [True, True, False, False], (math.log(2), 0.0)),  # two written forms of the answer
+    (["7", "8", None, None], [False] * 4, (None, -2 * 0.25 * math.log(0.25) - 0.5 * math.log(0.5))),  # none correct
+    (["1", "1"], [True, True], (0.0, None)),  # none wrong
+]
+
+
+@pytest.mark.parametrize("keys,correct,expected", ENTROPY_SPLIT_CASES)
+def test_answer_entropy_by_correctness(keys, correct, expected):
+    got = answer_entropy_by_correctness(keys, correct)
+    assert [g is None for g in got] == [e is None for e in expected]
+    assert [g for g in got if g is not None] == pytest.approx([e for e in expected if e is not None])
 
 
 def test_difficulty_bins_paper_and_rule():
@@ -168,6 +185,35 @@ def test_keyword_counts_whole_words_case_insensitive(text, keyword, expected):
     assert keyword_counts(text, [keyword]) == {keyword: expected}
 
 
+SUBSTRING_CASES = [
+    # (text, keyword, whole-word count, substring count)
+    ("Let me look at the token", "ok", 0, 2),  # the letters of "ok" in "look" and "token"
+    ("OK, so ok. Okay.", "ok", 2, 3),  # and in "Okay"
+    ("Hmm... hmmm", "hmm", 1, 2),
+    ("We verify it. Verifying again; verified.", "verify", 1, 2),  # "verified" does not contain "verify"
+    ("I realize now; i realized", "I realize", 1, 2),
+    ("Let’s check. let's check", "let's check", 2, 1),  # a substring is the keyword as written: no ’
+    ("let me\n  think", "let me think", 1, 0),  # nor other whitespace
+    ("Wait, wait. WAIT!", "wait", 3, 3),  # where both agree
+]
+
+
+@pytest.mark.parametrize("text,keyword,word,substring", SUBSTRING_CASES)
+def test_keyword_counts_as_words_or_substrings(text, keyword, word, substring):
+    assert keyword_counts(text, [keyword], match="word") == {keyword: word}
+    assert keyword_counts(text, [keyword], match="substring") == {keyword: substring}
+
+
+def test_keyword_match_is_recorded_and_a_bad_one_names_the_key():
+    samples = [Sample("p", True, "correct", "1", "box", "Okay, look: ok.")]
+    word, substring = (summarize(samples, keywords=["ok"], keyword_match=m) for m in ("word", "substring"))
+    assert (word["keyword_match"], substring["keyword_match"]) == ("word", "substring")
+    assert word["per_problem"]["p"]["keyword_occurrences"]["correct"] == [1]
+    assert substring["per_problem"]["p"]["keyword_occurrences"]["correct"] == [3]
+    with pytest.raises(ValueError, match="keyword_match: 'regex' is not one of word, substring"):
+        summarize(samples, keyword_match="regex")
+
+
 def test_keyword_counts_default_list():
     counts = keyword_counts("Wait, I need to reconsider. Hmm, let me think. Looking back, wait.")
     assert counts.keys() == set(REFLECTION_KEYWORDS)
@@ -212,6 +258,7 @@ def test_problem_block_and_pooling():
     assert stats == {
         "n": 3, "correct": 2, "majority_correct": True, "answer_entropy_nats": pytest.approx(
             -(2 / 3) * math.log(2 / 3) - (1 / 3) * math.log(1 / 3)),
+        "answer_entropy_by_correctness": {"correct": 0.0, "wrong": 0.0},  # one answer on each side
         "length_sum": {"correct": 22, "wrong": 6},
         "keyword_occurrences": {"correct": [2, 1], "wrong": [1, 0]},
         "keyword_responses": {"correct": [1, 1], "wrong": [1, 0]},
@@ -224,6 +271,11 @@ def test_problem_block_and_pooling():
     assert pooled["keywords_per_response"]["ok"] == {"correct": 0.5, "wrong": 1.0}  # 1 of 2; 2 in 2 responses
     assert pooled["keyword_presence"]["ok"] == {"correct": 0.5, "wrong": 0.5}  # 1 response of 2 on each side
     assert pooled["reflection_per_response"] == {"correct": 1.5, "wrong": 1.5}
+    # Entropy by correctness: a mean over the problems with responses on that side (q has no correct one, r no
+    # wrong one), so r's log 2 is halved on the correct side and missing from the wrong side.
+    two_forms = problem_stats([Sample("r", True, "correct", k, "box") for k in ("1", "0.5")], kws).block("chars")
+    assert pool_problem_blocks([stats, other, two_forms], kws)["answer_entropy_by_correctness"] == {
+        "correct": pytest.approx(math.log(2) / 2), "wrong": 0.0}
     assert pool_problem_blocks([], kws)["accuracy"] is None
 
 
@@ -234,6 +286,19 @@ def test_summarize_keeps_a_block_per_problem():
     assert out["per_problem"]["p1"]["keyword_responses"] == {"correct": [3], "wrong": [0]}
     assert out["keyword_presence"]["wait"] == {"correct": 1.0, "wrong": 0.0}
     assert [b["bin"] for b in summarize(_samples(), bins="paper-a6")["difficulty_bins"]] == ["0-1", "2", "3", "4"]
+
+
+def test_length_unit_characters_by_default_or_tokens():
+    samples = [Sample("p", True, "correct", "1", "box", "abcdef", num_tokens=2),
+               Sample("p", False, "wrong", "2", "box", "abc", num_tokens=1)]
+    chars, tokens = summarize(samples), summarize(samples, length_unit="tokens")
+    assert (chars["length_unit"], chars["length"]) == ("chars", {"mean": 4.5, "mean_correct": 6, "mean_wrong": 3})
+    assert (tokens["length_unit"], tokens["length"]) == ("tokens", {"mean": 1.5, "mean_correct": 2, "mean_wrong": 1})
+    assert tokens["per_problem"]["p"]["length_sum"] == {"correct": 2, "wrong": 1}
+    with pytest.raises(ValueError, match="length_unit: tokens needs every sample's token count"):
+        summarize(samples + [Sample("q", True, "correct", "1", "box", "x")], length_unit="tokens")
+    with pytest.raises(ValueError, match="length_unit: 'words' is not one of chars, tokens"):
+        summarize(samples, length_unit="words")
 
 
 def test_summarize_rejects_k_above_n():

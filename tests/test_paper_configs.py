@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, SHARED, need
 from rlvsdistill.cluster.render import training_processes
 from rlvsdistill.cluster.settings import load_settings
 from rlvsdistill.config import check_values, global_batch_problems
@@ -107,3 +107,26 @@ def test_item7_3b_completion_length_states_which_and_why():
     assert cfg["max_completion_length"] == 32512
     assert "Table 6" in comment and "4,000" in comment and "released" in comment
     assert cfg["max_prompt_tokens"] + cfg["max_completion_length"] <= cfg["vllm_max_model_length"]
+
+
+def _reference_sampling(row: str) -> tuple[float, float, int]:
+    """(temperature, top_p, top_k) of a row of reference.md's training-settings table ("sampling (train and
+    eval)", "teacher sampling"), as printed there."""
+    text = need(SHARED / "paper" / "reference.md").read_text()
+    line = next(line for line in text.splitlines() if line.startswith(f"| {row} |"))
+    paper = line.split("|")[2]
+    found = re.search(r"temperature ([\d.]+), top_p ([\d.]+), top_k (\d+)", paper)
+    return float(found[1]), float(found[2]), int(found[3])
+
+
+@pytest.mark.parametrize("path", sorted(PAPER.glob("eval_*.yaml")) + GRPO, ids=lambda p: p.name)
+def test_issue18_every_evaluation_and_grpo_run_samples_as_the_reference(path):
+    """QwQ-32B and R1-Distill included: the paper gives one sampling setting for training and evaluation."""
+    cfg = values(path)
+    assert (cfg["temperature"], cfg["top_p"], cfg["top_k"]) == _reference_sampling("sampling (train and eval)")
+
+
+@pytest.mark.parametrize("path", sorted(PAPER.glob("generate_qwq32b_*.yaml")), ids=lambda p: p.name)
+def test_issue18_teacher_sampling_is_the_references(path):
+    cfg = values(path)
+    assert (cfg["temperature"], cfg["top_p"], cfg["top_k"]) == _reference_sampling("teacher sampling")

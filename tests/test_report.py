@@ -20,6 +20,7 @@ PROBLEMS = 48
 # Words that look like Table 5 keywords but are not whole-word matches of any.
 DISTRACTORS = ["look", "token", "Okay", "verified", "waiting", "hmmm", "double", "check", "actual", "sure"]
 FILLER = ["so", "the", "sum", "is", "x", "then", "we", "get"] + DISTRACTORS
+MAIN = [(0, 0), (1, 4), (5, 16), (17, 64), (65, 128), (129, 256)]
 FIG8 = [(0, 0), (1, 4), (5, 16), (17, 32), (33, 64), (65, 128), (129, 192), (193, 256)]
 FIG10 = [(0, 0), (1, 8), (9, 64), (65, 128), (129, 192), (193, 256)]
 A6 = [(0, 64), (65, 128), (129, 192), (193, 256)]
@@ -43,16 +44,17 @@ def synthetic_runs(seed: int = 0) -> dict[str, dict[str, list[dict]]]:
                     words.insert(rng.randint(0, len(words)), rng.choice([kw, kw.upper(), kw.capitalize()]))
                 key = "gold" if correct else rng.choice(["w1", "w2", "w3", None])
                 samples.append({"correct": correct, "key": key, "text": " ".join(words), "tokens": len(words),
+                                "chars": len(" ".join(words)),
                                 "keywords": len(keywords), "inserted": Counter(keywords)})
             runs[run][f"p{i:03d}"] = samples
     return runs
 
 
-def write_run(run_dir, problems: dict[str, list[dict]]) -> None:
+def write_run(run_dir, problems: dict[str, list[dict]], length_unit: str = "chars") -> None:
     samples = [Sample(pid, s["correct"], "correct" if s["correct"] else "wrong" if s["key"] else "no_answer",
                       s["key"], "box" if s["key"] else None, s["text"], s["tokens"])
                for pid, group in problems.items() for s in group]
-    summary = summarize(samples)
+    summary = summarize(samples, length_unit=length_unit)
     summary["run"] = {"model": f"synthetic-{run_dir.name}"}
     write_json(run_dir / "summary.json", summary)
 
@@ -82,8 +84,17 @@ def majority(group):
 
 
 def entropy(group):
+    """Entropy of the final answers of a problem's responses (None without any)."""
     counts = Counter(s["key"] or "none" for s in group).values()
-    return -sum(c / N * math.log(c / N) for c in counts)
+    return -sum(c / len(group) * math.log(c / len(group)) for c in counts) if group else None
+
+
+def mean_entropy(problems, ids, side=None):
+    """Mean over the problems of the answer entropy of all their responses, or of their correct / wrong ones (over
+    the problems that have any)."""
+    values = [entropy([s for s in problems[i] if side is None or s["correct"] == (side == "correct")]) for i in ids]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def bin_members(base, bins):
@@ -115,7 +126,8 @@ def test_report_draws_the_papers_figures_from_two_256_sample_runs(runs, tmp_path
     raw, base_dir, rl_dir = runs
     base, rl = raw["base"], raw["rl"]
     out = tmp_path / "report"
-    assert main(["report", str(base_dir), str(rl_dir), "--out", str(out), "--paper", "qwen2.5-math-1.5b"]) == 0
+    assert main(["report", str(base_dir), str(rl_dir), "--out", str(out), "--paper", "qwen2.5-math-1.5b",
+                 "--bins", "figures"]) == 0
     md = (out / "report.md").read_text()
 
     pngs = ["pass_at_k.png", "success_by_bin.png", "transitions_rl.png", "entropy_by_bin.png", "length_by_bin.png",
@@ -159,18 +171,24 @@ def test_report_draws_the_papers_figures_from_two_256_sample_runs(runs, tmp_path
             row[bin_of[pid]] += 1
         assert transitions[list(transitions)[i]] == [str(v) for v in row]
 
-    # Figure 10: mean answer entropy per paper-fig10 bin of the base.
-    entropy_rows = table_rows(md, "Figure 10")
-    for name, problems in raw.items():
-        assert_row(entropy_rows[name], [per_response(ids, lambda i: entropy(problems[i]))
-                                        for ids in bin_members(base, FIG10)])
+    # Figure 10: mean answer entropy per paper-fig10 bin of the base, of all responses and by correctness.
+    entropy_rows = [[c.strip() for c in line.strip("|").split("|")]
+                    for line in md.split("\n## Figure 10", 1)[1].split("\n## ")[0].splitlines()
+                    if line.startswith(("| base |", "| rl |"))]
+    assert [row[:2] for row in entropy_rows] == [[name, side] for name in raw for side in ("all", "correct", "wrong")]
+    for name, side, *cells in entropy_rows:
+        assert_row(cells, [mean_entropy(raw[name], ids, None if side == "all" else side)
+                           for ids in bin_members(base, FIG10)])
+    wrong = [float(c) for row in entropy_rows if row[1] == "wrong" for c in row[2:] if c != "-"]
+    assert max(wrong) > 0.5  # the split is not trivial: wrong answers spread over w1, w2, w3 and none
 
     # Figures 13 and 14: length and keyword occurrences per response per paper-a6 bin, by correctness.
     length_rows = [line for line in md.split("\n## Figure 13", 1)[1].split("\n## ")[0].splitlines()
                    if line.startswith(("| base |", "| rl |"))]
     keyword_rows = [line for line in md.split("\n## Figure 14", 1)[1].split("\n## ")[0].splitlines()
                     if line.startswith(("| base |", "| rl |"))]
-    for rows, field in ((length_rows, "tokens"), (keyword_rows, "keywords")):
+    assert "## Figure 13: response length (chars)" in md
+    for rows, field in ((length_rows, "chars"), (keyword_rows, "keywords")):
         for line in rows:
             name, side, *cells = [c.strip() for c in line.strip("|").split("|")]
             expected = [per_response([s for i in ids for s in raw[name][i] if s["correct"] == (side == "correct")],
@@ -229,7 +247,7 @@ def test_paper_binnings_are_scaled_for_small_n_and_the_report_says_so(tmp_path, 
     md = (tmp_path / "out" / "report.md").read_text()
     assert "ceil(e * 8 / 256)" in md
     header = md.split("\n## Figure 8", 1)[1].split("\n| ", 1)[1].split("\n")[0]
-    assert re.findall(r"(\d+-\d+|\d+) \(\d+\)", header) == ["0", "1", "2", "3-4", "5-6", "7-8"]
+    assert re.findall(r"(\d+-\d+|\d+) \(\d+\)", header) == ["0", "1", "2", "3-4", "5-8"]  # paper-main at n = 8
 
 
 def test_old_summary_without_per_problem_blocks_is_refused(tmp_path, capsys):
@@ -237,6 +255,12 @@ def test_old_summary_without_per_problem_blocks_is_refused(tmp_path, capsys):
     (tmp_path / "old" / "summary.json").write_text(json.dumps({"problems": 1, "accuracy": 0.5}))
     assert main(["report", str(tmp_path / "old"), "--out", str(tmp_path / "out")]) == 2
     assert "no per_problem block" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # One written before the entropy split: its blocks lack the key the report needs.
+    blocks = {"p": {"n": 1, "correct": 1, "majority_correct": True, "answer_entropy_nats": 0.0}}
+    (tmp_path / "old" / "summary.json").write_text(json.dumps({"per_problem": blocks, "keywords": []}))
+    assert main(["report", str(tmp_path / "old"), "--out", str(tmp_path / "out")]) == 2
+    assert "no 'answer_entropy_by_correctness' in its per_problem blocks" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
@@ -257,3 +281,62 @@ def test_paper_rows_name_the_runs_of_another_split(runs, tmp_path):
         note = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("Not evaluated on")]
         assert note == ([f"Not evaluated on MATH-500 (math500), so not comparable with these rows: {flagged} (pick "
                          "the split with --paper-split)."] if flagged else [])
+
+
+def bin_header(md: str, heading: str) -> list[tuple[str, int]]:
+    """(label, problems) of each bin in the first table after a heading."""
+    header = md.split(f"\n## {heading}", 1)[1].split("\n| ", 1)[1].split("\n")[0]
+    return [(label, int(count)) for label, count in re.findall(r"(\d+-\d+|\d+) \((\d+)\)", header)]
+
+
+def test_every_figure_bins_by_the_main_texts_binning_by_default(runs, tmp_path):
+    """Without --bins the paper's main-text bins are drawn in Figures 8-14; --bins figures gives the appendix's."""
+    raw, base_dir, rl_dir = runs
+    out = tmp_path / "default"
+    assert main(["report", str(base_dir), str(rl_dir), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    expected = [(f"{lo}" if lo == hi else f"{lo}-{hi}", len(ids)) for (lo, hi), ids in
+                zip(MAIN, bin_members(raw["base"], MAIN))]
+    for heading in ("Figure 8", "Figure 10", "Figure 13", "Figure 14"):
+        assert bin_header(md, heading) == expected, heading
+    assert list(table_rows(md, "Figure 9")) == [label for label, _ in expected]
+    assert_row(table_rows(md, "Figure 8")["rl"], [per_response(ids, lambda i: correct_count(raw["rl"][i]) / N)
+                                                 for ids in bin_members(raw["base"], MAIN)])
+    assert "Bins: `paper-main` for every figure (the paper's main text" in md
+
+    figures = tmp_path / "figures"
+    assert main(["report", str(base_dir), str(rl_dir), "--out", str(figures), "--bins", "figures"]) == 0
+    md = (figures / "report.md").read_text()
+    for heading, bins in (("Figure 8", FIG8), ("Figure 10", FIG10), ("Figure 13", A6)):
+        assert [label for label, _ in bin_header(md, heading)] == [f"{lo}" if lo == hi else f"{lo}-{hi}"
+                                                                   for lo, hi in bins]
+
+
+@pytest.mark.parametrize("key,value", [("keyword_match", "substring"), ("length_unit", "tokens")])
+def test_runs_measured_differently_are_refused(runs, tmp_path, capsys, key, value):
+    import shutil
+
+    _, base_dir, rl_dir = runs
+    other = tmp_path / "rl-other"
+    shutil.copytree(rl_dir, other)
+    summary = json.loads((other / "summary.json").read_text())
+    summary[key] = value
+    (other / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(base_dir), str(other), "--out", str(tmp_path / "out")]) == 2
+    assert f"rl-other has {key}: {value}, base {key}: " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_lengths_in_tokens_when_the_runs_were_merged_so(tmp_path):
+    raw = synthetic_runs(seed=2)
+    for name, problems in raw.items():
+        write_run(tmp_path / name, problems, length_unit="tokens")
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "base"), str(tmp_path / "rl"), "--out", str(out), "--bins", "paper-a6"]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Figure 13: response length (tokens)" in md
+    section = md.split("\n## Figure 13", 1)[1].split("\n## ")[0]
+    [row] = [line for line in section.splitlines() if line.startswith("| base | correct |")]
+    expected = [per_response([s for i in ids for s in raw["base"][i] if s["correct"]], lambda s: s["tokens"])
+                for ids in bin_members(raw["base"], A6)]
+    assert_row([c.strip() for c in row.strip("|").split("|")][2:], expected)

@@ -127,7 +127,8 @@ def synthesize(root: Path, problems: int, n: int, shards: int = 4, part_size: in
 
 # ---------------------------------------------------------------------------------------------------------
 # The baseline: merge and summarize as they were before the streaming merge (every record held in memory).
-# Kept verbatim apart from taking the output directory; the metric helpers are the package's own.
+# Kept verbatim apart from taking the output directory and the fields added since (per_problem
+# entropy by correctness, keyword_match, length_unit); the metric helpers are the package's own.
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -151,7 +152,7 @@ def _old_capability_block(groups, ks):
     return out
 
 
-def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
+def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS, length_unit="chars"):
     """metrics.summarize before the streaming fold."""
     groups = defaultdict(list)
     for s in samples:
@@ -164,7 +165,7 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
     if too_big:
         raise ValueError(f"pass@k with k = {too_big} needs at least that many samples per problem; n = {n}")
     bins = validate_bins(bins, n) if bins else difficulty_bins(n)
-    unit = "tokens" if all(s.num_tokens is not None for s in samples) else "chars"
+    unit = length_unit
     length_of = (lambda s: s.num_tokens) if unit == "tokens" else (lambda s: len(s.response))
     correct_counts = {pid: sum(x.correct for x in g) for pid, g in groups.items()}
     statuses = Counter(s.status for s in samples)
@@ -200,6 +201,7 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
         return total / count if count else None
 
     summary["keywords"] = list(keywords)
+    summary["keyword_match"] = "word"
     summary["keywords_per_response"] = {
         kw: {"correct": per_response(sum(c[kw] for s, c in zip(samples, counts) if s.correct), n_correct),
              "wrong": per_response(sum(c[kw] for s, c in zip(samples, counts) if not s.correct), n_wrong)}
@@ -223,6 +225,8 @@ def old_summarize(samples, ks=None, bins=None, keywords=REFLECTION_KEYWORDS):
             "n": len(g), "correct": correct_counts[pid],
             "majority_correct": majority_correct([x.key for x in g], [x.correct for x in g]),
             "answer_entropy_nats": answer_entropy([x.key for x in g], [x.correct for x in g]),
+            "answer_entropy_by_correctness": {side: answer_entropy([x.key for x in members], [False] * len(members))
+                                              if members else None for side, members in sides.items()},
             "length_sum": {side: sum(length_of(s) for s in members) for side, members in sides.items()},
             "keyword_occurrences": {side: [sum(counts_of[id(s)][kw] for s in members) for kw in keywords]
                                     for side, members in sides.items()},
@@ -262,7 +266,7 @@ def old_merge(cfg, out_dir: Path) -> dict:
     if short:
         raise UserError(f"{run_dir}: {len(short)} problem(s) do not have n = {cfg.n} samples")
     records.sort(key=lambda r: (order[r["problem_id"]], r["sample_index"]))
-    summary = old_summarize(samples_from_records(records), ks=cfg.ks)
+    summary = old_summarize(samples_from_records(records), ks=cfg.ks, length_unit=cfg.length_unit)
     summary["run"] = {"model": cfg.model_name_or_path, "dataset": cfg.dataset_name, "n": cfg.n,
                       "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                       "max_tokens": cfg.max_tokens, "seed": cfg.seed, "prompt_template": cfg.prompt_template,
