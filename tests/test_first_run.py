@@ -131,7 +131,7 @@ def test_item2_image_pull_secrets_reach_every_pod(tmp_path):
 def test_item2_the_pods_created_carry_the_pull_secret(ns, tmp_path):
     cluster = cluster_file(tmp_path, image_pull_secrets=["regcred"])
     assert main(submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", cluster, "ev")) == 0
-    pods = wait_until(lambda: (p := ns.pods("rlvsdistill.io/run=ev")) and len(p) == 5 and p, 30, "5 pods")
+    pods = wait_until(lambda: (p := ns.pods("rlvsdistill.io/run=ev")) and len(p) == 5 and p, 120, "5 pods")
     assert {tuple(s.name for s in p.spec.image_pull_secrets) for p in pods} == {("regcred",)}  # merge included
 
 
@@ -157,7 +157,7 @@ def test_item3_master_endpoints_are_published_before_the_sidecar_has_loaded(ns):
                                           "training.kubeflow.org/replica-type": "master",
                                           "training.kubeflow.org/replica-index": "0"},
         "ports": [{"name": "pytorchjob-port", "port": 23456}]}})  # what training-operator v1.9 creates
-    pod = wait_until(lambda: (p := ns.core.read_namespaced_pod("pt-master-0", ns.name)).spec.node_name and p, 30,
+    pod = wait_until(lambda: (p := ns.core.read_namespaced_pod("pt-master-0", ns.name)).spec.node_name and p, 120,
                      "the Master pod bound")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -178,7 +178,7 @@ def test_item3_master_endpoints_are_published_before_the_sidecar_has_loaded(ns):
                        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now}]}})
     assert [c.readiness_probe for c in pod.spec.init_containers] == [None]  # no probe gates the Master's readiness
     endpoints = wait_until(lambda: (e := ns.core.read_namespaced_endpoints("pt-master-0", ns.name)).subsets and e,
-                           30, "the Master Service's endpoints")
+                           120, "the Master Service's endpoints")
     assert [a.ip for a in endpoints.subsets[0].addresses or []] == ["10.244.0.5"]  # MASTER_ADDR resolves
 
 
@@ -215,16 +215,16 @@ def test_item4_logs_follow_a_pod_recreated_under_the_same_name(ns):
     follower = threading.Thread(target=lambda: (logs("pt", Cluster(ns.name), follow=True, out=out, poll_seconds=0.3),
                                                 done.set()), daemon=True)
     follower.start()
-    wait_until(lambda: out.getvalue().count("step 3/3") == 1, 30, "the first pod's log")
+    wait_until(lambda: out.getvalue().count("step 3/3") == 1, 120, "the first pod's log")
     ns.core.delete_namespaced_pod("pt-master-0", ns.name, grace_period_seconds=0)  # exit 143: recreated
-    wait_until(lambda: not ns.pods("rlvsdistill.io/run=pt"), 30, "the first pod gone")
+    wait_until(lambda: not ns.pods("rlvsdistill.io/run=pt"), 120, "the first pod gone")
     time.sleep(1)  # the gap before the operator recreates it: logs -f keeps waiting (the PyTorchJob runs)
     assert not done.is_set()
     operator_makes_master("Succeeded")
-    wait_until(lambda: out.getvalue().count("step 3/3") == 2, 30, "the recreated pod's log")
+    wait_until(lambda: out.getvalue().count("step 3/3") == 2, 120, "the recreated pod's log")
     custom.patch_namespaced_custom_object_status("kubeflow.org", "v1", ns.name, "pytorchjobs", "pt", {"status": {
         "conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}})  # as the operator
-    wait_until(done.is_set, 30, "logs -f to end once the PyTorchJob succeeded")
+    wait_until(done.is_set, 120, "logs -f to end once the PyTorchJob succeeded")
     lines = out.getvalue().splitlines()
     assert lines == [f"[pt-master-0] pytorch: step {s}/3" for s in (1, 2, 3)] * 2  # both pods' logs
     kubelet.httpd.shutdown()
