@@ -137,7 +137,11 @@ def _run_config_command(args) -> int:
 
 
 def _add_launch(sub) -> None:
-    p = sub.add_parser("launch", help="run a PyTorchJob pod's training command; exit 143 (retryable) on failure")
+    p = sub.add_parser("launch", help="run a PyTorchJob pod's training command; exit 143 (retryable) on failure, "
+                       "1 (permanent) once --max-attempts starts in a row made no new checkpoint")
+    p.add_argument("--max-attempts", type=int, help="failed starts in a row without a new checkpoint before the "
+                   "run fails for good (counted on the volume, per rank)")
+    p.add_argument("--output-dir", help="the run's output_dir, where new checkpoints show progress")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ARGS... (accelerate launch ...)")
     p.set_defaults(func=_run_launch)
 
@@ -145,7 +149,7 @@ def _add_launch(sub) -> None:
 def _run_launch(args) -> int:
     from .launch import run
 
-    return run(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
+    return run(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd, args.max_attempts, args.output_dir)
 
 
 def _add_tiny_model(sub) -> None:

@@ -407,6 +407,11 @@ def _check_grpo(values: dict[str, Any]) -> list[str]:
             )
     if values.get("vllm_mode", "colocate") not in ("colocate", "server"):
         problems.append("vllm_mode: expected colocate or server")
+    if values.get("log_completions") and values.get("num_completions_to_print") is None:
+        # TRL prints a table of that many completions every logging step; unset, every completion of the step
+        # (280 in the paper's runs), which floods `kubectl logs` until the kubelet's rotation keeps only minutes.
+        problems.append("log_completions: true prints every completion of each logging step; set "
+                        "num_completions_to_print (e.g. 2), or log_completions: false")
     return problems
 
 

@@ -209,6 +209,20 @@ class ControlPlane:
                 proc.wait()
         self.procs.clear()
 
+    def stop_apiserver(self) -> list[str]:
+        """Kill kube-apiserver (SIGKILL, its process group: its graceful shutdown takes over 30 s), as an API server
+        crash or outage would; returns its arguments for ``start_apiserver``."""
+        [api] = [p for p in self.procs if Path(p.args[0]).name == "kube-apiserver" and p.poll() is None]
+        os.killpg(api.pid, signal.SIGKILL)
+        api.wait()
+        self.procs.remove(api)
+        return list(api.args[1:])
+
+    def start_apiserver(self, args: list[str]) -> None:
+        """Start kube-apiserver again, on the same port and etcd, and wait until it is ready."""
+        api = self._spawn("kube-apiserver", *args)
+        self._wait_ready("kube-apiserver", api, f"{self.server}/readyz")
+
     # -- clients and objects ---------------------------------------------------------------------------
 
     def _write_kubeconfig(self) -> None:
@@ -229,14 +243,15 @@ class ControlPlane:
         config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg)
         return client.ApiClient(cfg)
 
-    def add_gpu_node(self, name: str, gpus: int = 8, cpu: str = "128", memory: str = "2Ti") -> None:
+    def add_gpu_node(self, name: str, gpus: int = 8, cpu: str = "128", memory: str = "2Ti",
+                     disk: str = "2Ti") -> None:
         """A Ready Node with ``gpus`` nvidia.com/gpu, schedulable (the not-ready taint removed)."""
         from kubernetes import client
 
         core = client.CoreV1Api(self.api_client())
         core.create_node({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name,
                                                                "nvidia.com/gpu.present": "true"}}})
-        capacity = {"cpu": cpu, "memory": memory, "pods": "110", "nvidia.com/gpu": str(gpus)}
+        capacity = {"cpu": cpu, "memory": memory, "ephemeral-storage": disk, "pods": "110", "nvidia.com/gpu": str(gpus)}
         core.patch_node_status(name, {"status": {
             "capacity": capacity, "allocatable": capacity,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",

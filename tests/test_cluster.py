@@ -372,9 +372,15 @@ def test_network_policy_admits_only_the_runs_own_pods():
         assert spec.get("containers") and all(
             {"rlvsdistill.io/run": run.name}.items() <= objects[-1]["spec"]["pytorchReplicaSpecs"][r]["template"][
                 "metadata"]["labels"].items() for r in ("Master", "Worker"))
-    sidecar = objects[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["initContainers"][0]
-    assert {p["containerPort"] for p in sidecar["ports"]} == {8000, 51216}  # vLLM API, TRL weight-sync group
-    assert "vllm:8000,weight-sync:51216" == policy["metadata"]["annotations"]["rlvsdistill.io/serves"]
+    master = objects[-1]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    sidecar, trainer = master["initContainers"][0], master["containers"][0]
+    # vLLM's API on the sidecar; TRL 1.16's weight-sync group on the trainer, its rank 0 (issue 17, item 10)
+    assert [p["containerPort"] for p in sidecar["ports"]] == [8000]
+    assert [p["containerPort"] for p in trainer["ports"]] == [51216]
+    assert "vllm-sidecar:8000,trainer-weight-sync:51216" == policy["metadata"]["annotations"]["rlvsdistill.io/serves"]
+    eval_run = prepare_run("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", [],
+                           load_settings("configs/cluster/single-node.yaml"), "registry.example.org/team/rlvsdistill:t1")
+    assert "rlvsdistill.io/serves" not in render_objects(eval_run)[1]["metadata"]["annotations"]  # serves no port
 
 
 def test_cpu_only_containers_see_no_gpu_and_gpu_ones_keep_them():

@@ -270,7 +270,9 @@ def test_scheduler_binds_grpo_to_an_8_gpu_node_and_refuses_what_cannot_fit(ns, t
     # A run no node can ever hold is refused before anything is created.
     too_big = cluster_file(tmp_path, grpo_gpus_per_node=16)
     assert main(submit_args(ns, "grpo", grpo[1], too_big, name="g4", overrides=["global_batch_size=null"])) == 2
-    assert "a pod needs 16 nvidia.com/gpu, but the largest node has 8" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a pod needs 16 nvidia.com/gpu" in err and "no node of 2 has that much nvidia.com/gpu (the largest has " \
+        "8 nvidia.com/gpu)" in err
     assert ns.batch.list_namespaced_job(ns.name, label_selector="rlvsdistill.io/run=g4").items == []
 
 

@@ -4,7 +4,8 @@ markers on the volume.
 
 A shard that failed for good (``status.failedIndexes``, or a Failed Job) ends the wait at once with the reason.
 The deadline counts only while the Job is not suspended, so time spent queued in Kueue does not use it up.
-Outside a cluster (no token), only the volume is watched, up to the deadline.
+Outside a cluster (no token), only the volume is watched, up to the deadline. A transient API error (the server
+unreachable, 5xx, 429) is logged and retried with backoff, within the same deadline.
 """
 
 from __future__ import annotations
@@ -63,6 +64,16 @@ class JobReader:
             raise
 
 
+MAX_RETRY_SECONDS = 300.0
+
+
+def transient(exc: BaseException) -> bool:
+    """An API error worth retrying: no connection (URLError, a timeout, a reset), 429 or a 5xx answer."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code == 429 or exc.code >= 500
+    return isinstance(exc, (urllib.error.URLError, OSError))
+
+
 def job_verdict(job: dict) -> str | None:
     """'complete', or the reason the shards can never all complete (raised as an error), or None: running."""
     status, name = job.get("status", {}), job["metadata"]["name"]
@@ -86,14 +97,23 @@ def wait_for_shards(run_dir: Path, num_shards: int, wait_seconds: float, reader:
     if reader is None:
         reader = JobReader.in_cluster()
     counted, last, completed_at = 0.0, time.monotonic(), None
+    suspended, failures = False, 0
     while True:
         missing = [i for i in range(num_shards) if not is_complete(shard_dir(run_dir, i, num_shards))]
         if not missing:
             return []
         now = time.monotonic()
-        suspended = False
+        job = None
         if reader is not None:
-            job = reader.read()
+            try:
+                job = reader.read()
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - re-raised unless transient
+                if not transient(exc):
+                    raise
+                failures += 1
+                logger.warning("cannot read the shards Job (%s); retrying (attempt %d)", exc, failures)
+        if job is not None:
             suspended = bool(job.get("spec", {}).get("suspend"))
             if job_verdict(job) == "complete":
                 # Every pod succeeded: the markers are written; a shared filesystem may show them a little late.
@@ -107,4 +127,5 @@ def wait_for_shards(run_dir: Path, num_shards: int, wait_seconds: float, reader:
             return missing
         logger.info("waiting for shard(s) %s of %d%s", missing, num_shards, " (Job suspended: queued)" if suspended
                     else f" ({counted:.0f}s of {wait_seconds:.0f}s)")
-        time.sleep(poll_seconds)
+        # Backoff while the API server fails: poll_seconds, doubled per failure, at most MAX_RETRY_SECONDS.
+        time.sleep(min(poll_seconds * 2 ** failures, max(poll_seconds, MAX_RETRY_SECONDS)))

@@ -184,6 +184,19 @@ def _scale(quantity: str, factor: int) -> str:
     return f"{int(value) if value.is_integer() else value}{m.group(2) or ''}"
 
 
+TMP_SIZE = "8Gi"
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _add_quantities(*quantities: str) -> str:
+    """The sum of byte quantities, in whole Gi (rounded up)."""
+    total = 0.0
+    for q in quantities:
+        m = QUANTITY.match(q)
+        total += float(q[: len(q) - len(m.group(2) or "")]) * _UNITS[m.group(2) or ""]
+    return f"{math.ceil(total / 2**30)}Gi"
+
+
 def labels(run: Run) -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": "rlvsdistill",
@@ -323,8 +336,7 @@ def vllm_sidecar(run: Run) -> dict:
     side["env"] += nccl_host_env("vllm")
     probe = {"httpGet": {"path": "/health", "port": s.vllm_port}, "periodSeconds": 10, "timeoutSeconds": 5}
     side["restartPolicy"] = "Always"
-    side["ports"] = [{"name": "vllm", "containerPort": s.vllm_port},
-                     {"name": "weight-sync", "containerPort": VLLM_GROUP_PORT}]
+    side["ports"] = [{"name": "vllm", "containerPort": s.vllm_port}]  # the trainer listens on VLLM_GROUP_PORT
     side["readinessProbe"] = {**probe, "failureThreshold": 3}
     return side
 
@@ -342,10 +354,13 @@ def pod_template(run: Run, containers: list[dict], init_containers: list[dict] |
             {"name": "data", "persistentVolumeClaim": {"claimName": s.pvc}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}},
             {"name": "cache", "emptyDir": {"sizeLimit": s.hf_cache_size}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
             {"name": "config", "configMap": {"name": f"{run.name}-config"}},
         ],
     }
+    # The node-local disk the pod's emptyDirs may fill (the model download in /cache above all), requested by its
+    # main container so the scheduler places it where that much is free, instead of the kubelet evicting it later.
+    containers[0]["resources"]["requests"]["ephemeral-storage"] = _add_quantities(s.hf_cache_size, TMP_SIZE)
     if s.model_cache_pvc:
         spec["volumes"].append({"name": "model-cache", "persistentVolumeClaim": {"claimName": s.model_cache_pvc}})
     if restart_policy:
@@ -360,12 +375,15 @@ def pod_template(run: Run, containers: list[dict], init_containers: list[dict] |
         spec["nodeSelector"] = dict(s.node_selector)
     if s.tolerations:
         spec["tolerations"] = list(s.tolerations)
+    if s.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in s.image_pull_secrets]
     return {"metadata": {"labels": labels(run), "annotations": annotations(run)}, "spec": spec}
 
 
 def _job(run: Run, name: str, template: dict, **spec) -> dict:
     s = run.settings
-    body = {"backoffLimit": s.backoff_limit, **spec, "template": template}
+    body = {"backoffLimit": s.backoff_limit, "activeDeadlineSeconds": s.active_deadline_seconds, **spec,
+            "template": template}
     if s.ttl_seconds_after_finished is not None:
         body["ttlSecondsAfterFinished"] = s.ttl_seconds_after_finished
     if s.queue:
@@ -384,7 +402,10 @@ def network_policy(run: Run) -> dict:
     torch rendezvous between nodes (ephemeral ports, hence no port list); nothing else in the cluster."""
     own = {"podSelector": {"matchLabels": {RUN_LABEL: run.name}}}
     meta = _metadata(run, f"{run.name}-ingress")
-    meta["annotations"]["rlvsdistill.io/serves"] = f"vllm:{run.settings.vllm_port},weight-sync:{VLLM_GROUP_PORT}"
+    if (run.kind == "grpo" and run.settings.vllm_gpus) or (run.kind == "smoke" and not run.prefetch):
+        # In TRL 1.16 the trainer is rank 0 of the weight-sync group: it listens, and vLLM's workers connect.
+        meta["annotations"]["rlvsdistill.io/serves"] = (f"vllm-sidecar:{run.settings.vllm_port},"
+                                                        f"trainer-weight-sync:{VLLM_GROUP_PORT}")
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta,
             "spec": {**own, "policyTypes": ["Ingress"], "ingress": [{"from": [own]}]}}
 
@@ -397,7 +418,9 @@ def network_policy(run: Run) -> dict:
 def _launch(run: Run, procs_per_node: int, nodes: int) -> list:
     # Several nodes: a PyTorchJob with restartPolicy ExitCode; `rlvsdistill launch` makes a failure that is not a
     # config error (a lost peer, above all) exit 143, so the operator recreates the pod and the run resumes.
-    cmd = ["rlvsdistill", "launch", "--"] if nodes > 1 else []
+    # Its --max-attempts bounds the retries the operator would repeat for ever (see rlvsdistill/launch.py).
+    cmd = ["rlvsdistill", "launch", "--max-attempts", run.settings.backoff_limit + 1, "--output-dir",
+           str(run.config.get("output_dir") or run.name), "--"] if nodes > 1 else []
     cmd += ["accelerate", "launch", "--config_file", ACCELERATE_ZERO3, "--deepspeed_config_file", DEEPSPEED_ZERO3,
            "--num_processes", procs_per_node * nodes]
     if nodes > 1:
@@ -408,6 +431,24 @@ def _launch(run: Run, procs_per_node: int, nodes: int) -> list:
     return cmd + ["-m", "rlvsdistill", run.kind, "--config", CONFIG_FILE]
 
 
+def weight_sync_port(trainer: dict) -> dict:
+    """The trainer's side of TRL's weight-sync group (it listens; the vLLM sidecar's workers connect)."""
+    trainer["ports"] = [{"name": "weight-sync", "containerPort": VLLM_GROUP_PORT}]
+    return trainer
+
+
+def fabric(run: Run, template: dict) -> dict:
+    """A training pod with the cluster's fabric settings: extra resources (EFA, InfiniBand, TCPX devices) and env
+    on its training container, annotations on the pod (e.g. a Multus network). Without them NCCL uses TCP."""
+    s = run.settings
+    trainer = template["spec"]["containers"][0]
+    for name, amount in s.fabric_resources.items():
+        trainer["resources"]["requests"][name] = trainer["resources"]["limits"][name] = str(amount)
+    trainer["env"] += [{"name": k, "value": escape_dollars(v)} for k, v in s.fabric_env.items()]
+    template["metadata"]["annotations"].update(s.fabric_annotations)
+    return template
+
+
 def training_objects(run: Run) -> list[dict]:
     """GRPO or SFT: a Job on one node, a PyTorchJob on several (vLLM sidecar on the first node for GRPO)."""
     s = run.settings
@@ -416,22 +457,33 @@ def training_objects(run: Run) -> list[dict]:
     vllm = s.vllm_gpus if run.kind == "grpo" else 0
     train_gpus = training_processes(run.kind, s) // nodes  # equal on every node: accelerate's process layout
     sidecars = [vllm_sidecar(run)] if vllm else None
+    if sidecars and nodes > 1:
+        # No readiness probe on the Master's sidecar: the operator's Master Service is headless, so MASTER_ADDR
+        # resolves only once the Master pod is Ready, and a probed sidecar would make the Workers' init-pytorch
+        # (about 200 s) and the rendezvous (600 s) wait for the model to load. The trainer waits for /health.
+        del sidecars[0]["readinessProbe"]
     command = _launch(run, train_gpus, nodes)
     secrets = ("hf", "wandb")
-    trainer = container(run, "trainer" if nodes == 1 else "pytorch", command, train_gpus, secrets)
-    if sidecars:
-        trainer["env"] += nccl_host_env("trainer")
+    def trainer(name: str) -> dict:
+        c = container(run, name, command, train_gpus, secrets)
+        if vllm:
+            c["env"] += nccl_host_env("trainer")
+            c = weight_sync_port(c)
+        return c
+
     if nodes == 1:
-        template = pod_template(run, [trainer], sidecars)
+        template = fabric(run, pod_template(run, [trainer("trainer")], sidecars))
         return [config_map(run), network_policy(run), _job(run, run.name, template)]
     # ExitCode: a failed pod is recreated whole (never the trainer alone beside a sidecar that still holds the
     # dead trainer's weight-sync group); 137/143 (killed) count as retryable, 1 as permanent.
     replica = {"restartPolicy": "ExitCode"}
     # The training operator requires the training container to be called "pytorch".
-    master = pod_template(run, [trainer], sidecars, restart_policy=None)
-    worker = pod_template(run, [container(run, "pytorch", command, train_gpus, secrets)], restart_policy=None)
+    master = fabric(run, pod_template(run, [trainer("pytorch")], sidecars, restart_policy=None))
+    worker = fabric(run, pod_template(run, [container(run, "pytorch", command, train_gpus, secrets)],
+                                      restart_policy=None))
     # Running: when the job ends, pods still running (hung peers holding GPUs) are deleted at once.
-    run_policy = {"backoffLimit": s.backoff_limit, "cleanPodPolicy": "Running"}
+    run_policy = {"backoffLimit": s.backoff_limit, "activeDeadlineSeconds": s.active_deadline_seconds,
+                  "cleanPodPolicy": "Running"}
     if s.ttl_seconds_after_finished is not None:
         run_policy["ttlSecondsAfterFinished"] = s.ttl_seconds_after_finished
     if s.queue:
@@ -528,7 +580,7 @@ def smoke_objects(run: Run) -> list[dict]:
     one_gpu_server = dataclasses.replace(run, settings=dataclasses.replace(run.settings, vllm_gpus=1))
     trainer = smoke("smoke", SMOKE_STEPS, 1)
     trainer["env"] += nccl_host_env("trainer")
-    template = pod_template(run, [trainer],
+    template = pod_template(run, [weight_sync_port(trainer)],
                             [smoke("tiny-model", SMOKE_INIT_STEPS, 0), vllm_sidecar(one_gpu_server)])
     # A deadline: whatever hangs (a model vLLM cannot load, a GPU that never frees), the Job fails within the hour.
     return [config_map(run), network_policy(run),

@@ -46,6 +46,17 @@ class ClusterSettings:
     cpu_per_gpu: int = 8
     memory_per_gpu: str = "80Gi"
     backoff_limit: int = field(default=3, metadata={"help": "pod restarts before a run fails (each resumes)"})
+    active_deadline_seconds: int = field(default=1209600, metadata={
+        "help": "backstop: every workload fails after this long running (activeDeadlineSeconds; default 14 days)"})
+    fabric_resources: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "extra resources of each training container for a fast inter-node fabric, e.g. "
+                "{vpc.amazonaws.com/efa: 32} or {rdma/ib: 8}; without them NCCL runs over TCP"})
+    fabric_env: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "extra env of each training container for that fabric, e.g. {FI_PROVIDER: efa, NCCL_IB_HCA: mlx5}"})
+    fabric_annotations: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "extra annotations of each training pod, e.g. a Multus k8s.v1.cni.cncf.io/networks for GPUDirect-TCPX"})
+    image_pull_secrets: list[str] = field(default_factory=list, metadata={
+        "help": "Secrets (kubernetes.io/dockerconfigjson) every pod pulls the image with"})
     ttl_seconds_after_finished: int | None = 604800
     grpo_nodes: int = field(default=1, metadata={"help": "1: a batch Job; more: a PyTorchJob"})
     grpo_gpus_per_node: int = 8
@@ -91,6 +102,23 @@ def check_settings(values: dict) -> list[str]:
         value = values.get(key, "1Gi")
         if not isinstance(value, str) or not QUANTITY.match(value):
             problems.append(f"{key}: {value!r} is not a Kubernetes quantity (e.g. 64Gi)")
+    for key in ("fabric_resources", "fabric_env", "fabric_annotations"):
+        value = values.get(key, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value) or (
+                key == "fabric_resources" and not all(isinstance(v, int) and v > 0 for v in value.values())):
+            problems.append(f"{key}: {value!r} is not a mapping of names to "
+                            + ("positive integers" if key == "fabric_resources" else "strings"))
+    pull = values.get("image_pull_secrets", [])
+    if not isinstance(pull, list) or not all(isinstance(v, str) and DNS_SUBDOMAIN.fullmatch(v) for v in pull):
+        problems.append(f"image_pull_secrets: {pull!r} is not a list of Secret names")
+    defaults = ClusterSettings()
+    deadline = values.get("active_deadline_seconds", defaults.active_deadline_seconds)
+    merge_wait = values.get("merge_wait_seconds", defaults.merge_wait_seconds)
+    if not isinstance(deadline, int) or deadline < 1:
+        problems.append(f"active_deadline_seconds: must be a positive integer, got {deadline!r}")
+    elif isinstance(merge_wait, int) and deadline <= merge_wait:
+        problems.append(f"active_deadline_seconds: {deadline} must exceed merge_wait_seconds ({merge_wait}), or "
+                        "the merge Job would be cut off before its own deadline")
     for key in ("backoff_limit",):
         if not isinstance(values.get(key, 0), int) or values.get(key, 0) < 0:
             problems.append(f"{key}: must be 0 or more")

@@ -83,18 +83,37 @@ class Cluster:
                 raise
         return found
 
+    def unfinished(self, name: str) -> bool:
+        """Whether a Job or PyTorchJob of the run has not yet ended (no Complete/Succeeded/Failed condition)."""
+        selector, ended = f"{RUN_LABEL}={name}", {"Complete", "Succeeded", "Failed"}
+
+        def running(conditions) -> bool:
+            return not any(c["type"] in ended and c["status"] == "True" for c in conditions or [])
+
+        jobs = self.batch.list_namespaced_job(self.namespace, label_selector=selector).items
+        if any(running([{"type": c.type, "status": c.status} for c in (j.status.conditions or [])]) for j in jobs):
+            return True
+        try:
+            pytorchjobs = self.custom.list_namespaced_custom_object(*PYTORCHJOB[:2], self.namespace, PYTORCHJOB[2],
+                                                                    label_selector=selector).get("items", [])
+        except self.ApiException as exc:
+            if exc.status != 404:
+                raise
+            pytorchjobs = []
+        return any(running(j.get("status", {}).get("conditions")) for j in pytorchjobs)
+
     def pods(self, name: str) -> list:
         return self.core.list_namespaced_pod(self.namespace, label_selector=f"{RUN_LABEL}={name}").items
 
-    def node_gpus(self, resource: str) -> list[int] | None:
-        """Allocatable ``resource`` of every schedulable node; None when the user may not list nodes."""
+    def node_allocatable(self) -> list[dict[str, str]] | None:
+        """Allocatable resources of every schedulable node; None when the user may not list nodes."""
         try:
             nodes = self.core.list_node().items
         except self.ApiException as exc:
             if exc.status in (401, 403):
                 return None
             raise
-        return [int((n.status.allocatable or {}).get(resource, "0")) for n in nodes if not n.spec.unschedulable]
+        return [dict(n.status.allocatable or {}) for n in nodes if not n.spec.unschedulable]
 
     def missing(self, kind: str, name: str) -> bool | None:
         """Whether a PersistentVolumeClaim or ServiceAccount is absent; None when the user may not read it."""
@@ -107,6 +126,15 @@ class Cluster:
             if exc.status == 404:
                 return True
             if exc.status in (401, 403):
+                return None
+            raise
+
+    def claim(self, name: str):
+        """The PersistentVolumeClaim ``name`` (None when absent or not readable)."""
+        try:
+            return self.core.read_namespaced_persistent_volume_claim(name, self.namespace)
+        except self.ApiException as exc:
+            if exc.status in (401, 403, 404):
                 return None
             raise
 
@@ -156,29 +184,60 @@ class Cluster:
                 raise
 
 
-def pod_gpus(obj: dict, resource: str) -> list[int]:
-    """GPUs each pod of a workload asks for: its containers' limits plus its native sidecars'."""
+def pod_requests(obj: dict, resource: str) -> list[dict[str, float]]:
+    """What each pod of a workload asks of a node (``resource`` GPUs, cpu, memory, ephemeral-storage): its
+    containers' requests plus its native sidecars' (which run beside them)."""
+    from kubernetes.utils import parse_quantity
+
     templates = [obj["spec"]["template"]] if obj["kind"] == "Job" else [
         r["template"] for r in obj["spec"]["pytorchReplicaSpecs"].values()]
     running = [t["spec"]["containers"] + [c for c in t["spec"].get("initContainers", [])
                                           if c.get("restartPolicy") == "Always"] for t in templates]
-    return [sum(int(c["resources"].get("limits", {}).get(resource, 0)) for c in cs) for cs in running]
+    out = []
+    for cs in running:
+        need = {}
+        for key in (resource, *FIT_RESOURCES):
+            need[key] = float(sum(parse_quantity(c["resources"].get("requests", {}).get(
+                key, c["resources"].get("limits", {}).get(key, 0))) for c in cs))
+        out.append(need)
+    return out
+
+
+FIT_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+
+
+def _amount(key: str, value: float) -> str:
+    if key in ("memory", "ephemeral-storage"):
+        return f"{value / 2**30:.0f}Gi {key}"
+    return f"{value:g} {key}"
 
 
 def check_fits(objects: list[dict], cluster: Cluster, resource: str) -> None:
-    """Refuse a run whose pod needs more GPUs than any node has (it would stay Pending for ever)."""
-    nodes = cluster.node_gpus(resource)
+    """Refuse a run whose pod no node can hold: GPUs, CPUs, memory and local disk all at once (it would stay
+    Pending for ever). The message names the node size that would fit."""
+    from kubernetes.utils import parse_quantity
+
+    nodes = cluster.node_allocatable()
     if nodes is None:
-        logger.info("cannot list nodes (no permission): GPU fit not checked")
+        logger.info("cannot list nodes (no permission): fit not checked")
         return
-    largest = max(nodes, default=0)
+    have = [{k: float(parse_quantity(n.get(k, "0"))) for k in (resource, *FIT_RESOURCES)} for n in nodes]
     for obj in objects:
-        if obj["kind"] in WORKLOADS:
-            need = max(pod_gpus(obj, resource), default=0)
-            if need > largest:
-                raise UserError(f"{obj['kind']}/{obj['metadata']['name']}: a pod needs {need} {resource}, but the "
-                                f"largest node has {largest} (of {len(nodes)} node(s)); lower grpo_gpus_per_node / "
-                                "sft_gpus_per_node / tensor_parallel_size in the settings or config")
+        if obj["kind"] not in WORKLOADS:
+            continue
+        for need in pod_requests(obj, resource):
+            # A node that reports no ephemeral-storage is not checked for it (the scheduler does the same).
+            keys = [k for k in need if need[k] and (k != "ephemeral-storage" or any(h[k] for h in have))]
+            if any(all(h[k] >= need[k] for k in keys) for h in have):
+                continue
+            short = sorted({k for h in have for k in keys if h[k] < need[k]})
+            largest = ", ".join(_amount(k, max((h[k] for h in have), default=0)) for k in short)
+            raise UserError(
+                f"{obj['kind']}/{obj['metadata']['name']}: a pod needs " + ", ".join(_amount(k, need[k]) for k in keys)
+                + f" on one node, but no node of {len(nodes)} has that much {' and '.join(short)} (the largest has "
+                f"{largest}); a node with at least " + ", ".join(_amount(k, need[k]) for k in keys) + " would fit it. "
+                "Lower grpo_gpus_per_node / sft_gpus_per_node / tensor_parallel_size, cpu_per_gpu, memory_per_gpu "
+                "or hf_cache_size in the settings or config")
 
 
 def check_prerequisites(objects: list[dict], cluster: Cluster) -> None:
@@ -196,6 +255,27 @@ def check_prerequisites(objects: list[dict], cluster: Cluster) -> None:
     if absent:
         raise UserError(f"namespace {cluster.namespace} has no {', '.join(absent)}: create them first "
                         "(k8s/pvc.yaml, k8s/model-cache-pvc.yaml, k8s/rbac.yaml)")
+    for kind, name in sorted(needed):
+        if kind == "PersistentVolumeClaim" and (pvc := cluster.claim(name)) is not None:
+            check_claim(pvc, cluster.namespace)
+
+
+def check_claim(pvc, namespace: str) -> None:
+    """Refuse a claim that is not ReadWriteMany (every pod of a run, on any node, mounts it); warn about one that
+    is not bound yet (a class that cannot provide ReadWriteMany leaves it Pending for ever)."""
+    name, modes = pvc.metadata.name, pvc.spec.access_modes or []
+    storage_class = pvc.spec.storage_class_name
+    where = f"PersistentVolumeClaim {namespace}/{name} (storageClassName: {storage_class or 'the default class'})"
+    if "ReadWriteMany" not in modes:
+        raise UserError(f"{where} has access modes {', '.join(modes) or 'none'}, not ReadWriteMany: the run's pods on "
+                        "several nodes (and the merge beside the shards) could not all mount it. Recreate it with "
+                        "accessModes [ReadWriteMany] and storageClassName set to a class that provides it (NFS, "
+                        "CephFS, EFS, Filestore, Azure Files; see k8s/pvc.yaml)")
+    phase = pvc.status.phase if pvc.status else None
+    if phase != "Bound":
+        logger.warning("%s is %s, not Bound: if its class cannot provide ReadWriteMany it stays so for ever and "
+                       "every pod waits (`kubectl -n %s describe pvc %s` shows why); a WaitForFirstConsumer class "
+                       "binds once the first pod is scheduled", where, phase or "unknown", namespace, name)
 
 
 def submit(run: Run, cluster: Cluster, replace: bool = False, pytorchjob_schema: dict | None = None) -> list[str]:
@@ -349,17 +429,20 @@ def logs(name: str, cluster: Cluster, follow: bool = False, container: str | Non
         pods = cluster.pods(name)
         for pod in pods:
             cname = _main_container(pod, container)
-            if pod.metadata.name in threads:
+            # Keyed by uid: the operator recreates a failed PyTorchJob pod under the same name (…-master-0).
+            if pod.metadata.uid in threads:
                 continue
             if _started(pod, cname):
                 t = threading.Thread(target=stream, args=(pod.metadata.name, cname), daemon=True)
-                threads[pod.metadata.name] = t
+                threads[pod.metadata.uid] = t
                 t.start()
-            elif pod.metadata.name not in told:
-                told.add(pod.metadata.name)
+            elif pod.metadata.uid not in told:
+                told.add(pod.metadata.uid)
                 with lock:
                     print(_not_started(pod, cname).replace("no logs to show", "waiting"), file=sys.stderr)
         live = [p for p in pods if p.status.phase in ("Pending", "Running")]
-        if not live and all(not t.is_alive() for t in threads.values()):
+        # A failed pod's successor may not exist yet (the Job controller or the operator makes it): the run ends
+        # only when its workloads do.
+        if not live and all(not t.is_alive() for t in threads.values()) and not cluster.unfinished(name):
             return
         time.sleep(poll_seconds)
