@@ -137,7 +137,7 @@ lock: $(VENV)/.installed ## re-lock the image's dependency closure (LOCK=file, L
 check-image: $(VENV)/.installed ## check that images/requirements.lock matches pyproject.toml (needs PyPI)
 	$(PY) images/lock.py check
 
-GENERATE_CONFIG ?= configs/paper/generate_qwq32b_for_qwen2.5_math_1.5b.yaml
+GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
 
 .PHONY: submit-grpo submit-sft submit-eval submit-generate submit-smoke
 submit-grpo: $(SUBMIT_VENV)/.installed ## submit a GRPO run (REGISTRY [IMAGE_TAG] or IMAGE_REF, CONFIG, CLUSTER, NAMESPACE)

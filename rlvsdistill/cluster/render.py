@@ -477,8 +477,13 @@ def merge_memory(cfg: dict) -> str:
 
 def sharded_objects(run: Run) -> list[dict]:
     """Eval or teacher sampling: an Indexed Job running one shard per pod and, with several shards, a merge Job
-    that follows it (``eval-merge`` / ``generate-merge``; a single shard merges in its own pod)."""
+    that follows it (``eval-merge`` / ``generate-merge``; a single shard merges in its own pod). A generate config
+    with ``teacher_samples`` only filters: one CPU Job."""
     cfg, s = run.config, run.settings
+    if cfg.get("teacher_samples"):  # a filter of another run's samples: one CPU pod, no shards
+        filter_pod = pod_template(run, [container(run, run.kind, ["rlvsdistill", run.kind, "--config", CONFIG_FILE],
+                                                  0)])
+        return [config_map(run), network_policy(run), _job(run, run.name, filter_pod)]
     shards = cfg.get("num_shards", 1)
     gpus = _sampling_gpus(cfg)
     shard_pod = pod_template(run, [container(run, run.kind, ["rlvsdistill", run.kind, "--config", CONFIG_FILE],
