@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .io import UserError
 
@@ -163,21 +164,42 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="compare evaluation runs: Markdown tables and the paper's figures as PNGs",
                        description="Compare merged evaluation runs (the first is the base model): accuracy and "
                        "capability, pass@k, and the paper's Figures 8, 9, 10, 13 and 14 by the base model's bins.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run directories with summary.json")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="evaluation run directories with summary.json "
+                   "(optional with --study)")
     p.add_argument("--out", required=True, help="output directory for report.md and the plots")
     p.add_argument("--bins", type=_bins_spec, help=BINS_HELP + " (default: each figure's own: paper-fig8 for "
                    "Figures 8 and 9, paper-fig10 for Figure 10, paper-a6 for Figures 13 and 14)")
     p.add_argument("--hardest", type=int, metavar="K", help="only the K problems the base solves least often "
                    "(ties broken by problem id), e.g. 50 as in the paper's Figure 16")
-    p.add_argument("--paper", choices=tuple(MODELS), help="print the paper's Table 3 rows for this model beside yours")
+    p.add_argument("--paper", nargs="?", const="all", choices=(*MODELS, "all"),
+                   help="print the paper's Table 3 rows for this model beside the runs'; with --study: Tables 3 and "
+                   "4 for this model, or both (no value)")
     p.add_argument("--paper-split", choices=tuple(SPLITS), default="math500",
                    help="which Table 3 split --paper shows (default: %(default)s)")
+    p.add_argument("--study", help="a study file (configs/study/): fill the paper's Tables 3 and 4 from its runs' "
+                   "summaries (their table3 / table4 cells) beside the paper's numbers, into OUT/paper_tables.md")
+    p.add_argument("--root", help="with --study: the directory holding its runs, what {root} stands for (default: "
+                   "$RLVSDISTILL_ROOT, else runs/)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
-    from .report import build_report
+    from .report import build_report, paper_tables
 
+    if args.study:
+        from .paths import volume_root
+
+        model = None if args.paper in (None, "all") else args.paper
+        tables = paper_tables(args.study, str(Path(args.root or volume_root()).resolve()), args.out, model)
+        print(tables.read_text())
+        print(f"wrote {tables}")
+        if not args.runs:
+            return 0
+        args.paper = None if args.paper == "all" else args.paper
+    elif not args.runs:
+        raise UserError("report: give the evaluation run directories (the first is the base model), or --study FILE")
+    elif args.paper == "all":
+        raise UserError("--paper: name the model (qwen2.5-math-1.5b or qwen2.5-3b), or give --study for both tables")
     path = build_report(args.runs, args.out, bins=args.bins, hardest=args.hardest, paper_model=args.paper,
                         paper_split=args.paper_split)
     print(path.read_text().split("## pass@k")[0])

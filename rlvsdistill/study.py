@@ -132,7 +132,7 @@ def load_study(path: str, root: str) -> Study:
             problems.append(f"{where}: config: required")
             continue
         config = _config_path(str(spec["config"]))
-        kind = spec.get("kind") or Path(config).name.split("_")[0]
+        kind = spec.get("kind") or re.split(r"[_.]", Path(config).name)[0]
         if kind not in KIND_PREFIXES:
             problems.append(f"{where}: kind: {kind!r} is not one of {', '.join(KIND_PREFIXES)} (name the config "
                             "KIND_*.yaml or set kind)")

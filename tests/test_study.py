@@ -126,3 +126,36 @@ def test_every_problem_of_a_bad_study_file_is_named(tmp_path, capsys, monkeypatc
     assert "runs.Bad_Key: the key is the run name" in err
     assert "runs.nohours: hours: required" in err
     assert "runs.typo: tabel3: unknown key" in err
+
+
+def test_report_paper_fills_tables_3_and_4_from_the_demo_studys_runs(tmp_path, tiny_model, capsys, monkeypatch):
+    """The demo study's evaluation runs, made by `eval` with the demo's config on its task (a tiny model, a few
+    problems): `report --paper --study` puts each finished run's numbers in its cells beside the paper's rows."""
+    import json
+
+    from conftest import run_cli
+    from rlvsdistill.demo import write_task
+
+    monkeypatch.chdir(ROOT)
+    write_task(tmp_path / "task", pretrain=10, train=6, test=6)
+    for run in ("eval-base", "eval-grpo"):  # eval-distilled is left unfinished
+        proc = run_cli("-m", "rlvsdistill", "eval", "--config", "configs/demo/eval.yaml",
+                       f"model_name_or_path={tiny_model}", f"dataset_name={tmp_path}/task/test.jsonl",
+                       f"output_dir={tmp_path}/{run}", "n=4", "max_tokens=8")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    code = main(["report", "--paper", "--study", "configs/study/demo.yaml", "--root", str(tmp_path),
+                 "--out", str(tmp_path / "paper")])
+    out = capsys.readouterr().out
+    assert code == 0
+    md = (tmp_path / "paper" / "paper_tables.md").read_text()
+    assert md in out and "## Table 3" in md and "## Table 4" in md
+    base = json.loads((tmp_path / "eval-base" / "summary.json").read_text())
+    grpo = json.loads((tmp_path / "eval-grpo" / "summary.json").read_text())
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    assert (f"| Qwen2.5-Math-1.5B | MATH-500 | base | eval-base | 4 | {pct(base['accuracy'])} / 60.6% | "
+            f"{pct(base['maj@n:n=4'])} / 72.0% | {pct(base['pass@k:k=4&n=4'])} / 97.2% |") in md
+    assert f"| Qwen2.5-Math-1.5B | MATH-500 | RL | eval-grpo | 4 | {pct(grpo['accuracy'])} / 74.2% |" in md
+    assert "| Qwen2.5-3B | MATH-500 | base | - | - | - / 54.9% |" in md  # a cell the demo does not make
+    assert f"| Qwen2.5-Math-1.5B | base | - | - | - / 64.0% | eval-base | {pct(base['accuracy'])} / 62.6% |" in md
+    assert "| Qwen2.5-Math-1.5B | base | base | - | - / 74.7% | - | - / 63.4% |" in md  # Table 4's 10 rows
+    assert md.count("| Qwen2.5-") == 8 + 10
