@@ -411,8 +411,8 @@ def status_text(study: Study, now: dict[str, str]) -> str:
     width = max(len(k) for k in now)
     for key in study.order:
         blocked = [n for n in study.runs[key].needs if now[n] != "complete"]
-        lines.append(f"  {key.ljust(width)}  {now[key]:<8}" + (f"  waits for {', '.join(blocked)}" if blocked
-                                                               else ""))
+        waits = f"  waits for {', '.join(blocked)}" if blocked and now[key] == "waiting" else ""
+        lines.append(f"  {key.ljust(width)}  {now[key]:<8}{waits}".rstrip())
     return "\n".join(lines)
 
 
