@@ -175,6 +175,16 @@ PREFETCH_CONFIG = $(or $(CONFIG),$(GRPO_CONFIG))
 prefetch-model: $(SUBMIT_VENV)/.installed ## download CONFIG's model and dataset into the cluster's model_cache_pvc (a Job)
 	$(call SUBMIT,$(firstword $(subst _, ,$(notdir $(PREFETCH_CONFIG)))),$(PREFETCH_CONFIG)) --prefetch-model
 
+STUDY ?= configs/study/paper.yaml
+STUDY_ARGS ?=
+.PHONY: study study-plan study-status
+study: $(SUBMIT_VENV)/.installed ## submit the study's runs whose inputs are complete (STUDY, REGISTRY/IMAGE_REF, STUDY_ARGS=--wait|--in-cluster)
+	$(RLV) study submit $(STUDY) $(IMAGE_ARGS) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD)) $(STUDY_ARGS)
+study-plan: $(SUBMIT_VENV)/.installed ## check the study's graph and print its runs with GPUs x hours (sends nothing)
+	$(RLV) study plan $(STUDY) $(CLUSTER_ARGS)
+study-status: $(SUBMIT_VENV)/.installed ## each run of the study: complete, failed, running, ready or waiting
+	$(RLV) study status $(STUDY) $(CLUSTER_ARGS)
+
 .PHONY: status logs cancel
 status: $(SUBMIT_VENV)/.installed ## show a run (RUN=name)
 	$(RLV) status $(RUN) $(CLUSTER_ARGS)
