@@ -337,7 +337,8 @@ def _add_study(sub) -> None:
                        "run continues another with the same config hash, no cycle), then print it with GPUs x "
                        "hours; nothing is sent. submit: create each run whose inputs are complete, skipping what is "
                        "complete or running (run it again, add --wait, or --in-cluster for a CPU Job that does "
-                       "it). status: each run's state.")
+                       "it). status: each run's state. Cluster settings: --cluster, else the study file's "
+                       "`cluster:`, else the built-in defaults.")
     p.add_argument("action", choices=("plan", "submit", "status"))
     p.add_argument("file", help="study YAML (configs/study/paper.yaml)")
     p.add_argument("--root", help="the runs' root on the volume, what {root} stands for (default: the settings' "

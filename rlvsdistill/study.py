@@ -10,7 +10,9 @@ datasets are downloaded, not made). ``{root}`` in the file stands for the runs' 
 The graph is refused, with the study file and the run key named, when an input is made by no run and is not listed
 under ``existing``; when two runs' outputs are the same or nested, unless one ``continues`` the other and their
 config hashes are equal; when the runs form a cycle. A run is complete when its completion marker is on the volume
-(where the volume is mounted, as in the in-cluster study Job) or its workload's Job condition says so.
+(where the volume is mounted, as in the in-cluster study Job) or its workload's Job condition says so. Without the
+volume, a finished run whose Jobs their TTL has deleted (7 days) looks absent and is created again; it then finds
+its outputs on the volume (an eval skips its finished parts, a trainer resumes from its last checkpoint).
 """
 
 from __future__ import annotations
