@@ -380,11 +380,12 @@ def _local(path: str, root: str, volume: Path) -> Path:
 
 
 def submit_study(study: Study, prepared: dict, cluster, volume: Path | None = None, wait: bool = False,
-                 poll_seconds: float = 60.0, out=sys.stdout, schema: dict | None = None) -> dict[str, str]:
+                 poll_seconds: float = 60.0, out=None, schema: dict | None = None) -> dict[str, str]:
     """Create every run whose inputs are complete, in order; skip what is complete or running. With ``wait``,
     repeat until every run is complete (or one failed and nothing else can start). Returns the states."""
     from .cluster.submit import submit
 
+    out = out or sys.stdout  # looked up at call time: the stream may have been replaced since import
     reported: dict[str, str] = {}
     while True:
         now = states(study, cluster, volume)

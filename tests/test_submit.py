@@ -568,3 +568,56 @@ def test_the_study_job_runs_study_submit_in_the_cluster_under_its_own_account(ns
     assert "nvidia.com/gpu" not in (main_container.resources.limits or {})
     config = ns.core.read_namespaced_config_map("study-demo-config", ns.name).data["config.yaml"]
     assert yaml.safe_load(config)["sft_gpus_per_node"] == 1  # the cluster settings the Job reads
+
+
+class FinishEveryPod(threading.Thread):
+    """Stand-in for a kubelet that runs every pod to success at once (there is none here): each new pod's phase is
+    set to Succeeded, and the order in which the runs' pods appeared is kept."""
+
+    def __init__(self, ns, fail=()):
+        super().__init__(daemon=True)
+        self.ns, self.fail, self.stop, self.seen = ns, set(fail), threading.Event(), []
+
+    def run(self):
+        while not self.stop.wait(0.2):
+            try:
+                for pod in self.ns.pods("rlvsdistill.io/run"):
+                    if pod.status.phase == "Pending" and pod.spec.node_name:
+                        run = pod.metadata.labels["rlvsdistill.io/run"]
+                        phase = "Failed" if run in self.fail else "Succeeded"
+                        self.ns.core.patch_namespaced_pod_status(pod.metadata.name, self.ns.name,
+                                                                 {"status": {"phase": phase}})
+                        self.seen.append(run)
+            except Exception:  # noqa: BLE001 - a pod gone meanwhile
+                pass
+
+
+@pytest.mark.parametrize("fail", [(), ("distill-data",)], ids=["all-succeed", "one-fails"])
+def test_study_submit_wait_runs_the_whole_study_in_order_and_stops_on_a_failed_run(ns, tmp_path, capsys, fail):
+    """`study submit --wait` (what the study Job runs): every run in an order its inputs allow, then done; a run
+    that fails stops what depends on it and ends the command with an error naming it."""
+    cluster = cluster_file(tmp_path, sft_gpus_per_node=1, grpo_gpus_per_node=2, backoff_limit=0)
+    args = ["study", "submit", "configs/study/demo.yaml", "--cluster", str(cluster), "--registry",
+            "registry.example.org/team", "--image-tag", "t1", "--namespace", ns.name, "--root", "/data/runs/demo",
+            "--wait", "--poll-seconds", "0.5"]
+    kubelet = FinishEveryPod(ns, fail=fail)
+    kubelet.start()
+    try:
+        code = main(args)
+    finally:
+        kubelet.stop.set()
+        kubelet.join()
+    out, err = capsys.readouterr()
+    created = {j.metadata.name for j in ns.batch.list_namespaced_job(ns.name).items}
+    everything = {"base", "teacher", "distill-data", "distilled", "grpo", "eval-base", "eval-distilled", "eval-grpo"}
+    if fail:
+        assert code == 2 and "run(s) failed: distill-data" in err
+        assert created == everything - {"distilled", "eval-distilled"}  # nothing that needs the failed run
+    else:
+        assert code == 0 and "study demo.yaml: 8 of 8 runs complete" in out
+        assert created == everything
+    needs = {"distill-data": ["teacher"], "distilled": ["base", "distill-data"], "grpo": ["base"],
+             "eval-base": ["base"], "eval-distilled": ["distilled"], "eval-grpo": ["grpo"]}
+    for run, inputs in needs.items():  # each run's pod appeared only after its inputs' runs had finished
+        if run in created:
+            assert all(kubelet.seen.index(i) < kubelet.seen.index(run) for i in inputs), kubelet.seen
