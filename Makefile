@@ -149,7 +149,7 @@ lock: $(VENV)/.installed ## re-lock the image's dependency closure (LOCK=file, L
 check-image: $(VENV)/.installed ## check that images/requirements.lock matches pyproject.toml (needs PyPI)
 	$(PY) images/lock.py check
 
-GENERATE_CONFIG ?= configs/paper/generate_qwq32b_for_qwen2.5_math_1.5b.yaml
+GENERATE_CONFIG ?= configs/paper/generate_qwq32b_math_train.yaml
 
 .PHONY: submit-grpo submit-sft submit-eval submit-generate submit-smoke
 submit-grpo: $(SUBMIT_VENV)/.installed ## submit a GRPO run (REGISTRY [IMAGE_TAG] or IMAGE_REF, CONFIG, CLUSTER, NAMESPACE)
@@ -186,6 +186,16 @@ PREFETCH_CONFIG = $(or $(CONFIG),$(GRPO_CONFIG))
 .PHONY: prefetch-model
 prefetch-model: $(SUBMIT_VENV)/.installed ## download CONFIG's model and dataset into the cluster's model_cache_pvc (a Job)
 	$(call SUBMIT,$(firstword $(subst _, ,$(notdir $(PREFETCH_CONFIG)))),$(PREFETCH_CONFIG)) --prefetch-model
+
+STUDY ?= configs/study/paper.yaml
+STUDY_ARGS ?=
+.PHONY: study study-plan study-status
+study: $(SUBMIT_VENV)/.installed ## submit the study's runs whose inputs are complete (STUDY, REGISTRY/IMAGE_REF, STUDY_ARGS=--wait|--in-cluster)
+	$(RLV) study submit $(STUDY) $(IMAGE_ARGS) $(CLUSTER_ARGS) $(if $(CRD),--crd $(CRD)) $(STUDY_ARGS)
+study-plan: $(SUBMIT_VENV)/.installed ## check the study's graph and print its runs with GPUs x hours (sends nothing)
+	$(RLV) study plan $(STUDY) $(CLUSTER_ARGS)
+study-status: $(SUBMIT_VENV)/.installed ## each run of the study: complete, failed, running, ready or waiting
+	$(RLV) study status $(STUDY) $(CLUSTER_ARGS)
 
 .PHONY: status logs cancel
 status: $(SUBMIT_VENV)/.installed ## show a run (RUN=name)

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .io import UserError
 
@@ -184,22 +185,43 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="compare evaluation runs: Markdown tables and the paper's figures as PNGs",
                        description="Compare merged evaluation runs (the first is the base model): accuracy and "
                        "capability, pass@k, and the paper's Figures 8, 9, 10, 13 and 14 by the base model's bins.")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="evaluation run directories with summary.json")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="evaluation run directories with summary.json "
+                   "(optional with --study)")
     p.add_argument("--out", required=True, help="output directory for report.md and the plots")
     p.add_argument("--bins", type=_report_bins_spec, default="paper-main", help=BINS_HELP + " for every figure, or "
                    "'figures': each in its appendix binning (paper-fig8 for Figures 8 and 9, paper-fig10 for "
                    "Figure 10, paper-a6 for Figures 13 and 14) (default: %(default)s, the main text's)")
     p.add_argument("--hardest", type=int, metavar="K", help="only the K problems the base solves least often "
                    "(ties broken by problem id), e.g. 50 as in the paper's Figure 16")
-    p.add_argument("--paper", choices=tuple(MODELS), help="print the paper's Table 3 rows for this model beside yours")
+    p.add_argument("--paper", nargs="?", const="all", choices=(*MODELS, "all"),
+                   help="print the paper's Table 3 rows for this model beside the runs'; with --study: Tables 3 and "
+                   "4 for this model, or both (no value)")
     p.add_argument("--paper-split", choices=tuple(SPLITS), default="math500",
                    help="which Table 3 split --paper shows (default: %(default)s)")
+    p.add_argument("--study", help="a study file (configs/study/): fill the paper's Tables 3 and 4 from its runs' "
+                   "summaries (their table3 / table4 cells) beside the paper's numbers, into OUT/paper_tables.md")
+    p.add_argument("--root", help="with --study: the directory holding its runs, what {root} stands for (default: "
+                   "$RLVSDISTILL_ROOT, else runs/)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
-    from .report import build_report
+    from .report import build_report, paper_tables
 
+    if args.study:
+        from .paths import volume_root
+
+        model = None if args.paper in (None, "all") else args.paper
+        tables = paper_tables(args.study, str(Path(args.root or volume_root()).resolve()), args.out, model)
+        print(tables.read_text())
+        print(f"wrote {tables}")
+        if not args.runs:
+            return 0
+        args.paper = None if args.paper == "all" else args.paper
+    elif not args.runs:
+        raise UserError("report: give the evaluation run directories (the first is the base model), or --study FILE")
+    elif args.paper == "all":
+        raise UserError("--paper: name the model (qwen2.5-math-1.5b or qwen2.5-3b), or give --study for both tables")
     path = build_report(args.runs, args.out, bins=args.bins, hardest=args.hardest, paper_model=args.paper,
                         paper_split=args.paper_split)
     print(path.read_text().split("## pass@k")[0])
@@ -207,11 +229,24 @@ def _run_report(args) -> int:
     return 0
 
 
+def _cluster_args(p) -> None:
+    p.add_argument("--cluster", help="cluster settings YAML (configs/cluster/); default: built-in defaults")
+    p.add_argument("--namespace", help="override the settings' namespace")
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+
+def _image_args(p) -> None:
+    p.add_argument("--image", help="the image as one reference, REGISTRY/PATH[:TAG|@sha256:DIGEST] (a digest is "
+                   "pulled IfNotPresent and recorded in an annotation; a tag is pulled Always)")
+    p.add_argument("--registry", help="registry and path the image was pushed to (e.g. registry.example.org/team); "
+                   "the image is REGISTRY/<image_repository>:<--image-tag>")
+    p.add_argument("--image-tag", help="tag of the image (with --registry, or an image_repository naming one)")
+    p.add_argument("--local-image", action="store_true", help="the image is already on every node (kind/minikube "
+                   "load): no registry needed, never pulled")
+
+
 def _add_cluster_commands(sub) -> None:
-    def cluster_args(p):
-        p.add_argument("--cluster", help="cluster settings YAML (configs/cluster/); default: built-in defaults")
-        p.add_argument("--namespace", help="override the settings' namespace")
-        p.add_argument("--context", help="kubeconfig context (default: the current one)")
+    cluster_args = _cluster_args
 
     p = sub.add_parser("submit", help="render, validate and create a run's Kubernetes objects",
                        description="Render the run's objects from its config and the cluster settings, validate "
@@ -220,13 +255,7 @@ def _add_cluster_commands(sub) -> None:
     p.add_argument("kind", choices=("grpo", "sft", "generate", "eval", "smoke"),
                    help="smoke: a few GRPO steps with the vLLM sidecar on a tiny model, then an eval (no config)")
     p.add_argument("--config", help="job config YAML (configs/paper/, configs/cpu/, ...); not for smoke")
-    p.add_argument("--image", help="the image as one reference, REGISTRY/PATH[:TAG|@sha256:DIGEST] (a digest is "
-                   "pulled IfNotPresent and recorded in an annotation; a tag is pulled Always)")
-    p.add_argument("--registry", help="registry and path the image was pushed to (e.g. registry.example.org/team); "
-                   "the image is REGISTRY/<image_repository>:<--image-tag>")
-    p.add_argument("--image-tag", help="tag of the image (with --registry, or an image_repository naming one)")
-    p.add_argument("--local-image", action="store_true", help="the image is already on every node (kind/minikube "
-                   "load): no registry needed, never pulled")
+    _image_args(p)
     p.add_argument("--name", help="run name (default: from the kind and the config file name)")
     p.add_argument("--dry-run", action="store_true", help="print the YAML and send nothing")
     p.add_argument("--replace", action="store_true", help="delete a run of the same name first")
@@ -259,20 +288,28 @@ def _settings(args):
     return dataclasses.replace(settings, namespace=args.namespace) if args.namespace else settings
 
 
+def _settings_and_image(args, required: bool = True):
+    """The cluster settings and the image of the options: with ``render.prepare_run``, the one way every command
+    turns a config into a run. ``required=False``: without image options, a placeholder (plans send nothing)."""
+    from .cluster.image import ImageRef, image_from_options
+
+    settings = _settings(args)
+    if not required and not (args.image or args.image_tag or args.registry):
+        return settings, ImageRef(settings.image_repository, "plan", local=True)
+    return settings, image_from_options(settings.image_repository, args.image, args.image_tag, args.registry,
+                                        args.local_image)
+
+
 def _run_submit(args) -> int:
     import os
 
     from .cluster.render import prepare_run, render_objects, to_yaml
     from .cluster.validate import CRD_ENV, crd_schema_from_file, validate_objects
 
-    from .cluster.image import image_from_options
-
     if (args.config is None) != (args.kind == "smoke"):
         raise UserError("--config: required for grpo, sft, generate and eval" if args.config is None
                         else "--config: smoke renders its own config (use KEY=VALUE overrides, e.g. max_steps=5)")
-    settings = _settings(args)
-    image = image_from_options(settings.image_repository, args.image, args.image_tag, args.registry,
-                               args.local_image)
+    settings, image = _settings_and_image(args)
     run = prepare_run(args.kind, args.config, args.overrides, settings, image, args.name, args.cluster,
                       args.resume_anyway, args.prefetch_model)
     crd_path = args.crd or os.environ.get(CRD_ENV)
@@ -311,6 +348,69 @@ def _run_run_command(args) -> int:
     else:
         deleted = api.cancel(args.run, cluster)
         print(f"deleted {', '.join(deleted)}" if deleted else f"no run '{args.run}' in {settings.namespace}")
+    return 0
+
+
+def _add_study(sub) -> None:
+    p = sub.add_parser("study", help="the whole study as one plan: check it, submit its runs in order, show them",
+                       description="A study file (configs/study/) names every run: its config, the hours it is "
+                       "expected to take, and the table cell or figure it produces. plan: render every run and check "
+                       "the graph (every input made by a run or listed as existing, no shared output unless one "
+                       "run continues another with the same config hash, no cycle), then print it with GPUs x "
+                       "hours; nothing is sent. submit: create each run whose inputs are complete, skipping what is "
+                       "complete or running (run it again, add --wait, or --in-cluster for a CPU Job that does "
+                       "it). status: each run's state. Cluster settings: --cluster, else the study file's "
+                       "`cluster:`, else the built-in defaults.")
+    p.add_argument("action", choices=("plan", "submit", "status"))
+    p.add_argument("file", help="study YAML (configs/study/paper.yaml)")
+    p.add_argument("--root", help="the runs' root on the volume, what {root} stands for (default: the settings' "
+                   "mount_path/runs, where the jobs write)")
+    p.add_argument("--volume", help="where that root is mounted on this machine, to read completion markers (the "
+                   "in-cluster study Job: the root itself); without it, runs are judged by their Jobs' conditions")
+    p.add_argument("--wait", action="store_true", help="submit: keep going until every run is complete")
+    p.add_argument("--poll-seconds", type=float, default=60.0, help="submit --wait: seconds between checks")
+    p.add_argument("--in-cluster", action="store_true", help="submit: create a small CPU Job that runs "
+                   "`study submit --wait` in the cluster (service account rlvsdistill-study, k8s/rbac.yaml)")
+    p.add_argument("--crd", help="PyTorchJob CRD YAML to validate against (default: read from the cluster)")
+    _image_args(p)
+    _cluster_args(p)
+    p.set_defaults(func=_run_study)
+
+
+def _run_study(args) -> int:
+    import os
+    from pathlib import Path
+
+    from . import study as api
+
+    args.cluster = args.cluster or api.study_cluster(args.file)
+    settings, image = _settings_and_image(args, required=args.action == "submit")
+    root = args.root or f"{settings.mount_path}/runs"
+    plan = api.load_study(args.file, root)
+    prepared = api.prepare(plan, settings, image, args.cluster)
+    if args.action == "plan":
+        print(api.plan_text(plan, prepared))
+        return 0
+    from .cluster.submit import Cluster
+
+    cluster = Cluster(settings.namespace, args.context)
+    volume = Path(args.volume) if args.volume else None
+    if args.action == "status":
+        print(api.status_text(plan, api.states(plan, cluster, volume)))
+        return 0
+    if args.in_cluster:
+        from .cluster.render import study_run
+        from .cluster.submit import submit
+
+        run = study_run(args.file, root, settings, image, api.default_study_name(args.file), args.cluster)
+        created = submit(run, cluster)
+        print(f"study Job '{run.name}' submitted ({', '.join(created)}); follow it: rlvsdistill logs {run.name} -f")
+        return 0
+    from .cluster.validate import CRD_ENV, crd_schema_from_file
+
+    crd = args.crd or os.environ.get(CRD_ENV)
+    api.submit_study(plan, prepared, cluster, volume, args.wait, args.poll_seconds,
+                     schema=crd_schema_from_file(crd) if crd else None)
     return 0
 
 
@@ -357,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_command(sub, name)
     _add_report(sub)
     _add_cluster_commands(sub)
+    _add_study(sub)
     _add_demo(sub)
     _add_smoke(sub)
     _add_tiny_model(sub)

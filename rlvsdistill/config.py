@@ -173,6 +173,12 @@ class GenerateConfig(SamplingFields, ShardedRunFields, ProjectFields):
                   "(the paper's 'reasoning patterns only' setting); unset = all problems"},
     )
     max_per_problem: int | None = field(default=None, metadata={"help": "at most this many kept samples per problem"})
+    teacher_samples: str | None = field(
+        default=None,
+        metadata={"help": "the merged samples directory of another generate run (relative: under $RLVSDISTILL_ROOT): "
+                  "sample nothing, only filter those samples into output_file (one teacher run, a filter per "
+                  "student); the sampling keys must equal that run's"},
+    )
 
     def __post_init__(self):
         if not self.output_dir and self.output_file:  # the samples' run directory, beside the output file
@@ -377,6 +383,8 @@ def _check_generate(values: dict[str, Any], hardware: bool) -> list[str]:
     template = values.get("student_prompt_template")
     if template is not None and template not in PROMPT_TEMPLATE_NAMES:
         problems.append(f"student_prompt_template: {template!r} is not one of {', '.join(PROMPT_TEMPLATE_NAMES)}")
+    if values.get("teacher_samples") and values.get("output_dir"):
+        problems.append("output_dir: a filter of teacher_samples samples nothing; it has no output_dir of its own")
     results = values.get("student_results")
     if hardware and results and not Path(results).is_file():
         problems.append(f"student_results: {results} does not exist")

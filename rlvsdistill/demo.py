@@ -3,7 +3,8 @@
 The task is synthetic and exactly gradable: "Compute 7 - 1 + 5." with 1 to 4 operations on digits (the level),
 answered step by step and then in ``\\boxed{}``. A tiny Qwen2 "base" is pre-trained briefly on solutions, so it
 solves some problems some of the time (capability before RL); a "teacher" of the same size is trained longer.
-Then, with the same commands and config keys as on a cluster (``configs/demo/``): the teacher's correct samples on
+Then the runs of a study file (``configs/study/demo.yaml``, checked like ``rlvsdistill study plan``), with the
+same commands and config keys as on a cluster (``configs/demo/``): the teacher's correct samples on
 the training split are distilled into the base (``generate`` + ``sft``), GRPO trains the base with the grader as
 reward (``grpo``), the three models are evaluated with n samples per held-out problem (``eval``) and compared
 (``report``). Each stage is a subprocess whose log goes to ``<root>/demo/logs/``; a stage whose completion marker
@@ -32,6 +33,10 @@ from .io import UserError, atomic_open, write_jsonl
 from .paths import volume_root
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+STUDY = CONFIGS.parent / "study" / "demo.yaml"  # the runs between the tiny models and the report
+# --quick: a few steps of each run (eval: every evaluation run).
+QUICK = {"base": ["max_steps=60"], "distill-data": ["max_problems=48"], "distilled": ["max_steps=10"],
+         "grpo": ["max_steps=4"], "eval": ["max_problems=24", "n=4"]}
 LEVELS = (1, 2, 3, 4)
 TEACHER_STEPS = {False: 2000, True: 120}  # the teacher's training steps per round (full demo, --quick)
 TEACHER_ROUNDS = 3  # extra rounds when the teacher's samples give nothing to distil
@@ -91,50 +96,34 @@ class Stage:
     quick: list[str] = field(default_factory=list)  # overrides for --quick
 
 
+def study_stages(demo: Path) -> list[Stage]:
+    """The study's runs (configs/study/demo.yaml, its graph checked as `study plan` does), in order, as stages."""
+    from .study import load_study, validate
+
+    plan = validate(load_study(str(STUDY), str(demo)))
+    return [Stage(key, [run.kind, "--config", run.config, *run.overrides],
+                  str(Path(run.marker).relative_to(demo)), QUICK.get(key, QUICK["eval"] if run.kind == "eval" else []))
+            for key, run in ((k, plan.runs[k]) for k in plan.order)]
+
+
 def teacher_stage(demo: Path, steps: int) -> Stage:
     """The teacher's training to ``steps`` steps (a longer run resumes from the checkpoint a shorter one saved)."""
-    return Stage("teacher", ["sft", "--config", str(CONFIGS / "sft_teacher.yaml"),
-                             f"model_name_or_path={demo}/teacher-init", f"dataset_name={demo}/task/pretrain.jsonl",
-                             f"output_dir={demo}/teacher", f"max_steps={steps}", f"save_steps={steps}"],
-                 "teacher/final/.complete")
+    stage = next(s for s in study_stages(demo) if s.name == "teacher")
+    return Stage(stage.name, [*stage.args, f"max_steps={steps}", f"save_steps={steps}"], stage.done)
 
 
 def stages(demo: Path, quick: bool = False) -> list[Stage]:
-    """The demo's steps, in order; paths are rooted at ``demo``."""
+    """The demo's steps, in order: the task's tiny models, the study's runs, the report; paths rooted at ``demo``."""
     d = str(demo)
-
-    def cfg(name: str) -> list[str]:
-        return ["--config", str(CONFIGS / f"{name}.yaml")]
-
-    def model(stage: str) -> str:
-        return f"model_name_or_path={d}/{stage}/final"
-
-    def evaluation(name: str, model_dir: str) -> Stage:
-        return Stage(f"eval-{name}", ["eval", *cfg("eval"), f"model_name_or_path={d}/{model_dir}",
-                                      f"dataset_name={d}/task/test.jsonl", f"output_dir={d}/eval-{name}"],
-                     f"eval-{name}/.complete", ["max_problems=24", "n=4"])
-
+    runs = [teacher_stage(demo, TEACHER_STEPS[quick]) if s.name == "teacher" else s for s in study_stages(demo)]
+    evals = [f"{d}/{s.name}" for s in runs if s.args[0] == "eval"]
     return [
         Stage("base-init", ["tiny-model", "--out", f"{d}/base-init", "--seed", "0", "--corpus",
                             f"{d}/task/corpus.txt"], "base-init/model.safetensors"),
         Stage("teacher-init", ["tiny-model", "--out", f"{d}/teacher-init", "--seed", "1", "--corpus",
                                f"{d}/task/corpus.txt"], "teacher-init/model.safetensors"),
-        Stage("base", ["sft", *cfg("sft_base"), f"model_name_or_path={d}/base-init",
-                       f"dataset_name={d}/task/pretrain.jsonl", f"output_dir={d}/base"], "base/final/.complete",
-              ["max_steps=60"]),
-        teacher_stage(demo, TEACHER_STEPS[quick]),
-        Stage("distill-data", ["generate", *cfg("generate_teacher"), model("teacher"),
-                               f"dataset_name={d}/task/train.jsonl", f"output_file={d}/distill.jsonl"],
-              "distill.jsonl", ["max_problems=48"]),
-        Stage("distilled", ["sft", *cfg("sft_distill"), model("base"), f"dataset_name={d}/distill.jsonl",
-                            f"output_dir={d}/distilled"], "distilled/final/.complete", ["max_steps=10"]),
-        Stage("grpo", ["grpo", *cfg("grpo"), model("base"), f"dataset_name={d}/task/train.jsonl",
-                       f"output_dir={d}/grpo"], "grpo/final/.complete", ["max_steps=4"]),
-        evaluation("base", "base/final"),
-        evaluation("distilled", "distilled/final"),
-        evaluation("grpo", "grpo/final"),
-        Stage("report", ["report", f"{d}/eval-base", f"{d}/eval-distilled", f"{d}/eval-grpo", "--out",
-                         f"{d}/report"], "report/report.md"),
+        *runs,
+        Stage("report", ["report", *evals, "--out", f"{d}/report"], "report/report.md"),
     ]
 
 

@@ -388,3 +388,71 @@ def build_report(run_dirs: list[str], out_dir: str, bins: str | None = None, har
         f.write("\n".join(md))
     logger.info("report written to %s", path)
     return path
+
+
+def _cell(run_dir: Path) -> dict | None:
+    """accuracy, maj@n, pass@n and n of a merged evaluation run, or None when it has not finished."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = load_summary(run_dir)
+    n = summary["run"]["n"] if "run" in summary else max(int(k.split("n=")[1]) for k in summary if k.startswith("maj@"))
+    return {"n": n, "accuracy": summary["accuracy"], "maj": summary.get(f"maj@n:n={n}"),
+            "pass": summary.get(f"pass@k:k={n}&n={n}")}
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def paper_tables(study_path: str, root: str, out_dir: str, model: str | None = None) -> Path:
+    """``report --paper --study``: Tables 3 and 4 with each cell's run (from the study's table3 / table4 tags, read
+    from ``root``) beside the paper's number; a run not finished yet shows as such. Writes ``paper_tables.md``."""
+    from .study import load_study
+
+    study = load_study(study_path, root)
+    models = [model] if model else list(paper.MODELS)
+    cells = {}
+    for run in study.runs.values():
+        if run.kind == "eval" and (run.table3 or run.table4):
+            cells[run.key] = (run, _cell(Path(run.outputs[0])))
+    md = [f"# The paper's Tables 3 and 4 beside this study's runs ({study_path}, root {root})", "",
+          f"Yours: each cell's run from the study; paper: Kim et al. 2025 (v2), n = {PAPER_N}. A run with another n "
+          "shows maj@n and pass@n, not comparable with @256. '-': not run yet (or not in the study).", ""]
+    md += ["## Table 3: base vs RL (accuracy, maj@n, pass@n)", ""]
+    rows = []
+    for m in models:
+        for split in ("math-train", "math500"):
+            for row, ref in paper.TABLE3[(m, split)].items():
+                mine = [(r, c) for r, c in cells.values() if r.table3 and (r.table3["model"], r.table3["split"],
+                                                                            r.table3["row"]) == (m, split, row)]
+                run, cell = mine[0] if mine else (None, None)
+                rows.append([paper.MODELS[m], paper.SPLITS[split], row, run.key if run else "-",
+                             cell["n"] if cell else "-",
+                             *(f"{_pct(cell[k]) if cell else '-'} / {v:.1f}%" for k, v in zip(
+                                 ("accuracy", "maj", "pass"), ref))])
+    md += [_table(["model", "split", "row", "run", "n", "accuracy (yours / paper)", "maj@n / maj@256",
+                   "pass@n / pass@256"], rows), ""]
+    md += ["## Table 4: self-distillation (accuracy, train / test)", ""]
+    rows = []
+    for m in models:
+        for (student, teacher), ref in paper.TABLE4[m].items():
+            found = {}
+            for r, c in cells.values():
+                t = r.table4
+                if t and (t["model"], t["student"], t["teacher"]) == (m, student, teacher):
+                    found[t["split"]] = (r, c)
+            out = []
+            for split, value in zip(("train", "test"), ref):
+                run, cell = found.get(split, (None, None))
+                out += [run.key if run else "-", f"{_pct(cell['accuracy']) if cell else '-'} / {value:.1f}%"]
+            rows.append([paper.MODELS[m], student, teacher, *out])
+    md += [_table(["model", "student", "teacher", "train run", "train (yours / paper)", "test run",
+                   "test (yours / paper)"], rows), ""]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "paper_tables.md"
+    with atomic_open(path) as f:
+        f.write("\n".join(md))
+    logger.info("paper tables written to %s", path)
+    return path

@@ -294,7 +294,7 @@ def test_dockerfile_passes_hadolint():
 
 @pytest.mark.parametrize("kind,config,shards", [
     ("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", 4),
-    ("generate", "configs/paper/generate_qwq32b_for_qwen2.5_math_1.5b.yaml", 16),
+    ("generate", "configs/paper/generate_qwq32b_math_train.yaml", 16),
 ])
 def test_sampling_runs_as_an_indexed_job_and_a_merge_job(kind, config, shards):
     """Eval and teacher sampling (issue 12): one pod per shard of an Indexed Job, then `<kind>-merge`."""
@@ -306,6 +306,20 @@ def test_sampling_runs_as_an_indexed_job_and_a_merge_job(kind, config, shards):
     [merger] = merge_job["spec"]["template"]["spec"]["containers"]
     assert merger["command"][:2] == ["rlvsdistill", f"{kind}-merge"]
     assert "nvidia.com/gpu" not in merger["resources"].get("limits", {})  # the merge needs no GPU
+
+
+def test_a_filter_of_teacher_samples_is_one_cpu_job():
+    """A per-student filter (teacher_samples) samples nothing: one CPU pod running `generate`, no shards, no merge."""
+    settings = load_settings("configs/cluster/single-node.yaml")
+    run = prepare_run("generate", "configs/paper/generate_qwq32b_for_qwen2.5_3b.yaml", [], settings,
+                      f"{REGISTRY}/rlvsdistill:t1")
+    kinds = [o["kind"] for o in render_objects(run)]
+    assert kinds == ["ConfigMap", "NetworkPolicy", "Job"]
+    job = render_objects(run)[2]
+    assert "completionMode" not in job["spec"]
+    [worker] = job["spec"]["template"]["spec"]["containers"]
+    assert worker["command"] == ["rlvsdistill", "generate", "--config", "/etc/rlvsdistill/config.yaml"]
+    assert "nvidia.com/gpu" not in worker["resources"]["limits"]
 
 
 def every_run():

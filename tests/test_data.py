@@ -44,7 +44,7 @@ def test_every_named_dataset_is_pinned_to_a_commit():
 
 def test_aime2025_eval_configs_validate(tmp_path):
     configs = sorted((ROOT / "configs" / "paper").glob("eval_*_aime2025.yaml"))
-    assert len(configs) == 3
+    assert len(configs) == 7  # the two bases, their RL models, the two distilled students, QwQ-32B
     import yaml
 
     for path in configs:

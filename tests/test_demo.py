@@ -93,6 +93,15 @@ def test_quick_demo_killed_midway_resumes_and_ends_with_a_true_report(tmp_path):
     third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert third.returncode == 0 and third.stdout.count("done earlier, skipped") == 11  # nothing is redone
 
+    # The demo ran configs/study/demo.yaml's runs: the paper's tables from them, the paper's rows beside.
+    tables = subprocess.run([sys.executable, "-m", "rlvsdistill", "report", "--paper", "--study",
+                             "configs/study/demo.yaml", "--root", str(demo), "--out", str(demo / "paper")],
+                            cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert tables.returncode == 0, tables.stderr[-3000:]
+    base = json.loads((demo / "eval-base" / "summary.json").read_text())
+    assert f"| Qwen2.5-Math-1.5B | MATH-500 | base | eval-base | 4 | {100 * base['accuracy']:.1f}% / 60.6% |" in \
+        tables.stdout and "## Table 4" in tables.stdout
+
 
 def test_a_teacher_that_never_solves_anything_stops_the_demo_with_what_to_do(tmp_path):
     """After its extra training rounds, a teacher whose samples still give nothing to distil stops the demo with

@@ -75,3 +75,22 @@ def test_a_teacher_that_keeps_nothing_writes_no_file_and_says_why(tmp_path, tiny
         generate(config(tmp_path, "g", values))
     assert not (tmp_path / "distill.jsonl").exists()  # the demo's marker for this stage stays absent
     assert json.loads((tmp_path / "distill.jsonl.summary.json").read_text())["dropped_incorrect"] == 6
+
+
+def test_one_teacher_run_filtered_per_student_without_sampling_again(tmp_path, tiny_model, sevens):
+    """Issue 18, why 4: the teacher is sampled once; each student's config only filters its merged samples
+    (teacher_samples) into its own file, and one sampled with other settings is refused, naming the keys."""
+    values = gen_values(tiny_model, sevens / "problems.jsonl", tmp_path, max_problems=4, max_tokens=8,
+                        max_per_problem=None)
+    generate(config(tmp_path, "teacher", values))
+    samples = tmp_path / "distill.samples"
+    before = {p: p.stat().st_mtime_ns for p in samples.rglob("*") if p.is_file()}
+    student = {k: v for k, v in values.items() if k != "part_size"}
+    student.update(teacher_samples=str(samples), output_file=str(tmp_path / "student.jsonl"), max_per_problem=1)
+    stats = generate(config(tmp_path, "student", student))
+    assert (stats["samples"], stats["kept"]) == (12, 4)  # all 12 samples read, one kept per problem
+    assert len((tmp_path / "student.jsonl").read_text().splitlines()) == 4
+    assert {p: p.stat().st_mtime_ns for p in samples.rglob("*") if p.is_file()} == before  # nothing sampled again
+    with pytest.raises(UserError, match=r"teacher_samples: .* was sampled with other settings \(seed: 5 there, 6 here"):
+        generate(config(tmp_path, "other", {**student, "seed": 6, "output_file": str(tmp_path / "x.jsonl")}))
+    assert not (tmp_path / "x.jsonl").exists()

@@ -10,6 +10,7 @@ from conftest import ROOT, SHARED, need
 from rlvsdistill.cluster.render import training_processes
 from rlvsdistill.cluster.settings import load_settings
 from rlvsdistill.config import check_values, global_batch_problems
+from rlvsdistill.train.generate import TEACHER_KEYS
 
 PAPER = ROOT / "configs" / "paper"
 GRPO = sorted(PAPER.glob("grpo_*.yaml"))
@@ -60,15 +61,19 @@ def test_item3_sft_global_batch_is_table_7s_4_and_other_batches_are_refused(path
 
 
 def _generate_configs():
-    return {p: values(p) for p in sorted(PAPER.glob("generate_qwq32b_*.yaml"))}
+    return {p: values(p) for p in sorted(PAPER.glob("generate_qwq32b_for_*.yaml"))}
 
 
 def test_item4_teacher_data_per_student_as_the_paper():
     generate = _generate_configs()
     evals = {values(p)["output_dir"]: values(p) for p in PAPER.glob("eval_*math_train.yaml")}
-    students = {values(p)["model_name_or_path"] for p in SFT}
+    students = {values(p)["model_name_or_path"] for p in SFT if "qwq32b" in values(p)["dataset_name"]}
     assert len(generate) == len(students) == 2  # one generate/filter config per student
+    teacher = values(PAPER / "generate_qwq32b_math_train.yaml")  # QwQ-32B sampled once, for both (issue 18)
+    assert check_values("generate", dict(teacher), hardware=False) == []
     for path, cfg in generate.items():
+        assert cfg["teacher_samples"] == teacher["output_dir"] and "output_dir" not in cfg
+        assert {k: cfg.get(k) for k in TEACHER_KEYS} == {k: teacher.get(k) for k in TEACHER_KEYS}
         assert check_values("generate", dict(cfg), hardware=False) == []
         assert cfg["model_name_or_path"] == "Qwen/QwQ-32B"
         assert cfg["prompt_template"] == cfg["student_prompt_template"] == "r1"  # R1 template, matching SFT

@@ -10,6 +10,7 @@ it finishes deleting pods (a bound pod is only removed once its kubelet confirms
 
 import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -489,3 +490,136 @@ def test_logs_follow_every_pod_prefixed_with_its_name(ns):
             f"[{pod.metadata.name}] {container}: step {s}/3" for s in (1, 2, 3)]
     assert len(lines) == 9 and "\r" not in out.getvalue()
     kubelet.httpd.shutdown()
+
+
+def account_kubeconfig(ns, tmp_path, account):
+    """A kubeconfig holding a token of ``account`` (k8s/rbac.yaml): its calls run under that account's Role only."""
+    path = tmp_path / f"{account}-kubeconfig"
+    config = yaml.safe_load(ns.kubeconfig.read_text())
+    config["users"][0]["user"]["token"] = ns.token(account)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def succeed(ns, run):
+    """What a kubelet would report when a run's pods finish: phase Succeeded (there is no kubelet here); the Job
+    controller then marks the Job Complete, as it would on a real cluster."""
+    pods = wait_until(lambda: ns.pods(f"rlvsdistill.io/run={run}"), 30, f"{run}'s pod")
+    for pod in pods:
+        ns.core.patch_namespaced_pod_status(pod.metadata.name, ns.name, {"status": {"phase": "Succeeded"}})
+    wait_until(lambda: any(c.type == "Complete" and c.status == "True" for c in
+                           ns.batch.read_namespaced_job(run, ns.name).status.conditions or []), 30, f"{run} Complete")
+
+
+def test_a_tiny_study_is_submitted_in_order_and_resumes(ns, tmp_path, capsys, monkeypatch):
+    """configs/study/demo.yaml through `study submit`, under the study Job's own account: each run is created only
+    once the runs making its inputs are complete (simulated by `succeed`: no kubelet runs the pods), a second
+    submit creates nothing again, and a run whose Job is gone but whose marker is on the volume stays complete."""
+    monkeypatch.setenv("KUBECONFIG", str(account_kubeconfig(ns, tmp_path, "rlvsdistill-study")))
+    cluster = cluster_file(tmp_path, sft_gpus_per_node=1, grpo_gpus_per_node=2)
+    args = ["study", "submit", "configs/study/demo.yaml", "--cluster", str(cluster), "--registry",
+            "registry.example.org/team", "--image-tag", "t1", "--namespace", ns.name, "--root", "/data/runs/demo"]
+
+    def jobs():
+        return {j.metadata.name for j in ns.batch.list_namespaced_job(ns.name).items}
+
+    assert main(args) == 0
+    assert jobs() == {"base", "teacher"}  # the runs whose inputs exist; the rest wait for them
+    assert "[1/8] base: submitted (ConfigMap/base-config, NetworkPolicy/base-ingress, Job/base)" in \
+        capsys.readouterr().out
+    assert main(args) == 0 and jobs() == {"base", "teacher"}  # again: nothing is created twice
+    assert "[1/8] base: running" in capsys.readouterr().out
+    succeed(ns, "base")
+    assert main(args) == 0
+    assert jobs() == {"base", "teacher", "grpo", "eval-base"}  # base's consumers; distilled also needs the teacher
+    out = capsys.readouterr().out
+    assert "[1/8] base: complete" in out and "grpo: submitted" in out and "eval-base: submitted" in out
+    assert main(["study", "status", "configs/study/demo.yaml", "--cluster", str(cluster), "--namespace", ns.name,
+                 "--root", "/data/runs/demo"]) == 0
+    status = capsys.readouterr().out
+    assert re.search(r"^  base\s+complete$", status, re.M) and re.search(r"^  grpo\s+running$", status, re.M)
+    assert re.search(r"^  distilled\s+waiting\s+waits for distill-data$", status, re.M)
+    succeed(ns, "teacher")
+    assert main(args) == 0 and "distill-data" in jobs() and "distilled" not in jobs()
+    succeed(ns, "distill-data")
+    assert main(args) == 0 and "distilled" in jobs()
+    capsys.readouterr()
+    # The base's Job is deleted (its TTL ran out); its completion marker on the volume keeps it complete.
+    volume = tmp_path / "volume"
+    (volume / "base" / "final").mkdir(parents=True)
+    (volume / "base" / "final" / ".complete").write_text("ok\n")
+    ns.batch.delete_namespaced_job("base", ns.name, propagation_policy="Background")
+    wait_until(lambda: "base" not in jobs(), 30, "the base Job to go")
+    assert main(args + ["--volume", str(volume)]) == 0
+    assert "base" not in jobs() and "[1/8] base: complete" in capsys.readouterr().out
+
+
+def test_the_study_job_runs_study_submit_in_the_cluster_under_its_own_account(ns, tmp_path):
+    """`study submit --in-cluster`: a CPU Job admitted under Pod Security "restricted", running `study submit
+    --wait` on the study file as it is in the image, with the study account's token and the volume mounted."""
+    cluster = cluster_file(tmp_path, sft_gpus_per_node=1, grpo_gpus_per_node=2)
+    assert main(["study", "submit", "configs/study/demo.yaml", "--in-cluster", "--cluster", str(cluster),
+                 "--registry", "registry.example.org/team", "--image-tag", "t1", "--namespace", ns.name]) == 0
+    [pod] = wait_until(lambda: ns.pods("rlvsdistill.io/run=study-demo"), 30, "the study pod")
+    assert pod.spec.service_account_name == "rlvsdistill-study"
+    [main_container] = pod.spec.containers
+    assert main_container.command == ["rlvsdistill", "study", "submit", "/app/configs/study/demo.yaml", "--cluster",
+                                      "/etc/rlvsdistill/config.yaml", "--image",
+                                      "registry.example.org/team/rlvsdistill:t1", "--root", "/data/runs",
+                                      "--volume", "/data/runs", "--wait"]
+    assert "nvidia.com/gpu" not in (main_container.resources.limits or {})
+    config = ns.core.read_namespaced_config_map("study-demo-config", ns.name).data["config.yaml"]
+    assert yaml.safe_load(config)["sft_gpus_per_node"] == 1  # the cluster settings the Job reads
+
+
+class FinishEveryPod(threading.Thread):
+    """Stand-in for a kubelet that runs every pod to success at once (there is none here): each new pod's phase is
+    set to Succeeded, and the order in which the runs' pods appeared is kept."""
+
+    def __init__(self, ns, fail=()):
+        super().__init__(daemon=True)
+        self.ns, self.fail, self.stop, self.seen = ns, set(fail), threading.Event(), []
+
+    def run(self):
+        while not self.stop.wait(0.2):
+            try:
+                for pod in self.ns.pods("rlvsdistill.io/run"):
+                    if pod.status.phase == "Pending" and pod.spec.node_name:
+                        run = pod.metadata.labels["rlvsdistill.io/run"]
+                        phase = "Failed" if run in self.fail else "Succeeded"
+                        self.ns.core.patch_namespaced_pod_status(pod.metadata.name, self.ns.name,
+                                                                 {"status": {"phase": phase}})
+                        self.seen.append(run)
+            except Exception:  # noqa: BLE001 - a pod gone meanwhile
+                pass
+
+
+@pytest.mark.parametrize("fail", [(), ("distill-data",)], ids=["all-succeed", "one-fails"])
+def test_study_submit_wait_runs_the_whole_study_in_order_and_stops_on_a_failed_run(ns, tmp_path, capsys, fail):
+    """`study submit --wait` (what the study Job runs): every run in an order its inputs allow, then done; a run
+    that fails stops what depends on it and ends the command with an error naming it."""
+    cluster = cluster_file(tmp_path, sft_gpus_per_node=1, grpo_gpus_per_node=2, backoff_limit=0)
+    args = ["study", "submit", "configs/study/demo.yaml", "--cluster", str(cluster), "--registry",
+            "registry.example.org/team", "--image-tag", "t1", "--namespace", ns.name, "--root", "/data/runs/demo",
+            "--wait", "--poll-seconds", "0.5"]
+    kubelet = FinishEveryPod(ns, fail=fail)
+    kubelet.start()
+    try:
+        code = main(args)
+    finally:
+        kubelet.stop.set()
+        kubelet.join()
+    out, err = capsys.readouterr()
+    created = {j.metadata.name for j in ns.batch.list_namespaced_job(ns.name).items}
+    everything = {"base", "teacher", "distill-data", "distilled", "grpo", "eval-base", "eval-distilled", "eval-grpo"}
+    if fail:
+        assert code == 2 and "run(s) failed: distill-data" in err
+        assert created == everything - {"distilled", "eval-distilled"}  # nothing that needs the failed run
+    else:
+        assert code == 0 and "study demo.yaml: 8 of 8 runs complete" in out
+        assert created == everything
+    needs = {"distill-data": ["teacher"], "distilled": ["base", "distill-data"], "grpo": ["base"],
+             "eval-base": ["base"], "eval-distilled": ["distilled"], "eval-grpo": ["grpo"]}
+    for run, inputs in needs.items():  # each run's pod appeared only after its inputs' runs had finished
+        if run in created:
+            assert all(kubelet.seen.index(i) < kubelet.seen.index(run) for i in inputs), kubelet.seen

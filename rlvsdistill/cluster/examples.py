@@ -25,7 +25,7 @@ EXAMPLES = {
     # 16 processes cannot make Table 7's batch of 4: the example states the deviation it renders
     "sft-pytorchjob.yaml": ("sft", "configs/paper/sft_qwen2.5_3b.yaml", "configs/cluster/multi-node.yaml",
                             ["global_batch_size=16"]),
-    "generate-indexed-job.yaml": ("generate", "configs/paper/generate_qwq32b_for_qwen2.5_math_1.5b.yaml",
+    "generate-indexed-job.yaml": ("generate", "configs/paper/generate_qwq32b_math_train.yaml",
                                   "configs/cluster/single-node.yaml", []),
     "eval-indexed-job.yaml": ("eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
                               "configs/cluster/single-node.yaml", []),

@@ -507,14 +507,20 @@ def _sampling_gpus(cfg: dict) -> int:
 
 
 def _merge_pod(run: Run) -> dict:
-    """The merge: CPU only, no secrets, and the one pod with an API token (projected, read-only, 1 h, renewed by
-    the kubelet) of a service account that may read Jobs (k8s/rbac.yaml), to follow the shards Job."""
+    """The merge: CPU only, no secrets, and an API token of a service account that may read Jobs (k8s/rbac.yaml),
+    to follow the shards Job."""
     merge = container(run, "merge", ["rlvsdistill", f"{run.kind}-merge", "--config", CONFIG_FILE], 0, secrets=())
     merge["resources"]["requests"]["memory"] = merge["resources"]["limits"]["memory"] = merge_memory(run.config)
     merge["env"] += [{"name": SHARDS_JOB_ENV, "value": run.name}]
-    merge["volumeMounts"].append({"name": "api-token", "mountPath": SERVICEACCOUNT_DIR, "readOnly": True})
-    pod = pod_template(run, [merge])
-    pod["spec"]["serviceAccountName"] = run.settings.merge_service_account
+    return _api_pod(run, merge, run.settings.merge_service_account)
+
+
+def _api_pod(run: Run, main: dict, account: str) -> dict:
+    """A pod of ``main`` with an API token (projected, read-only, 1 h, renewed by the kubelet) of ``account``: the
+    only pods of this project that talk to the API server (the merge, the study Job)."""
+    main["volumeMounts"].append({"name": "api-token", "mountPath": SERVICEACCOUNT_DIR, "readOnly": True})
+    pod = pod_template(run, [main])
+    pod["spec"]["serviceAccountName"] = account
     pod["spec"]["volumes"].append({"name": "api-token", "projected": {"sources": [
         {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
         {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
@@ -542,8 +548,13 @@ def merge_memory(cfg: dict) -> str:
 
 def sharded_objects(run: Run) -> list[dict]:
     """Eval or teacher sampling: an Indexed Job running one shard per pod and, with several shards, a merge Job
-    that follows it (``eval-merge`` / ``generate-merge``; a single shard merges in its own pod)."""
+    that follows it (``eval-merge`` / ``generate-merge``; a single shard merges in its own pod). A generate config
+    with ``teacher_samples`` only filters: one CPU Job."""
     cfg, s = run.config, run.settings
+    if cfg.get("teacher_samples"):  # a filter of another run's samples: one CPU pod, no shards
+        filter_pod = pod_template(run, [container(run, run.kind, ["rlvsdistill", run.kind, "--config", CONFIG_FILE],
+                                                  0)])
+        return [config_map(run), network_policy(run), _job(run, run.name, filter_pod)]
     shards = cfg.get("num_shards", 1)
     gpus = _sampling_gpus(cfg)
     shard_pod = pod_template(run, [container(run, run.kind, ["rlvsdistill", run.kind, "--config", CONFIG_FILE],
@@ -587,8 +598,41 @@ def smoke_objects(run: Run) -> list[dict]:
             _job(run, run.name, template, backoffLimit=0, activeDeadlineSeconds=SMOKE_DEADLINE_SECONDS)]
 
 
+STUDY_ACCOUNT = "rlvsdistill-study"  # k8s/rbac.yaml: the submitter's Role, bound to the study Job's account
+
+
+def study_run(study_path: str, root: str, settings: ClusterSettings, image: ImageRef, name: str,
+              cluster_path: str | None = None) -> Run:
+    """The in-cluster study Job: `rlvsdistill study submit --wait` from a small CPU pod, with the study file as it
+    is in the image and the cluster settings in its ConfigMap. Refused for a study file outside the repository."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    path = Path(study_path).resolve()
+    if not path.is_relative_to(repo):
+        raise UserError(f"--in-cluster: {study_path} is not in the image (only files under {repo} are, at /app)")
+    if len(name) > NAME_MAX or not DNS_LABEL.fullmatch(name):
+        raise UserError(f"--in-cluster: {name!r} is not a valid run name")
+    config = {"study": f"/app/{path.relative_to(repo).as_posix()}", "root": root,
+              "settings": dataclasses.asdict(settings)}
+    return Run("study", name, study_path, config, settings, image, cluster_path)
+
+
+def study_objects(run: Run) -> list[dict]:
+    """The study Job: CPU only, no secrets, the volume mounted (completion markers), retried like any Job (the
+    submission is idempotent); its ConfigMap is the cluster settings file it reads."""
+    command = ["rlvsdistill", "study", "submit", run.config["study"], "--cluster", CONFIG_FILE, "--image",
+               str(run.image), *(["--local-image"] if run.image.local else []), "--root", run.config["root"],
+               "--volume", run.config["root"], "--wait"]
+    main = container(run, "study", command, 0, secrets=())
+    cm = config_map(dataclasses.replace(run, config=run.config["settings"]))
+    return [cm, network_policy(run), _job(run, run.name, _api_pod(run, main, STUDY_ACCOUNT))]
+
+
 def render_objects(run: Run) -> list[dict]:
     """The run's objects, in the order they are created."""
+    if run.kind == "study":
+        return study_objects(run)
     if run.prefetch:
         return prefetch_objects(run)
     if run.kind == "smoke":

@@ -43,7 +43,7 @@ def filter_samples(cfg) -> dict:
     from ..io import UserError, atomic_open, read_jsonl, write_json
     from ..paths import SAMPLES_FILE, resolve_output_dir
 
-    run_dir = resolve_output_dir(cfg.output_dir)
+    run_dir = resolve_output_dir(cfg.teacher_samples or cfg.output_dir)
     problems = {p.id: p for p in load_problems(cfg.dataset_name, cfg.dataset_split, cfg.max_problems)}
     solved = None
     if cfg.student_results:
@@ -98,6 +98,28 @@ def filter_samples(cfg) -> dict:
     return stats
 
 
+# The keys of a filter's config that must equal those of the teacher run whose samples it filters.
+TEACHER_KEYS = ("model_name_or_path", "model_revision", "dataset_name", "dataset_split", "max_problems",
+                "prompt_template", "n", "temperature", "top_p", "top_k", "max_tokens", "seed", "answer_extract")
+
+
+def check_teacher_samples(cfg) -> None:
+    """Refuse to filter ``teacher_samples`` unless that run is merged and was sampled with this config's settings."""
+    from ..io import UserError
+    from ..paths import RUN_RECORD, is_complete, resolve_output_dir
+
+    run_dir = resolve_output_dir(cfg.teacher_samples)
+    if not is_complete(run_dir):
+        raise UserError(f"teacher_samples: {run_dir} is not a merged generate run (no completion marker); run the "
+                        "teacher's generate config first")
+    record_path = run_dir / RUN_RECORD
+    record = json.loads(record_path.read_text()).get("config", {}) if record_path.is_file() else {}
+    diff = [f"{k}: {record.get(k)!r} there, {getattr(cfg, k)!r} here" for k in TEACHER_KEYS
+            if record.get(k) != getattr(cfg, k)]
+    if diff:
+        raise UserError(f"teacher_samples: {run_dir} was sampled with other settings ({'; '.join(diff)})")
+
+
 def merge_main(cfg) -> dict:
     """``rlvsdistill generate-merge``: merge the teacher's shards, then filter them into ``output_file``."""
     from ..evaluate import merge
@@ -107,9 +129,13 @@ def merge_main(cfg) -> dict:
 
 
 def main(cfg) -> dict | None:
-    """``rlvsdistill generate``: sample and grade this shard; with a single shard, merge and filter too."""
+    """``rlvsdistill generate``: sample and grade this shard; with a single shard, merge and filter too. With
+    ``teacher_samples``: only filter that run's merged samples."""
     from ..evaluate import run_shard
 
+    if cfg.teacher_samples:
+        check_teacher_samples(cfg)
+        return filter_samples(cfg)
     run_shard(cfg, kind="generate")
     if cfg.num_shards == 1:
         return merge_main(cfg)
