@@ -187,13 +187,9 @@ def test_item3_master_endpoints_are_published_before_the_sidecar_has_loaded(ns):
 
 def test_item4_logs_follow_a_pod_recreated_under_the_same_name(ns):
     from rlvsdistill.cluster.submit import Cluster, logs
-    from test_submit import GPU_NODES, KubeletLogsStandIn
+    from test_submit import GPU_NODES, logs_stand_in
 
-    kubelet = KubeletLogsStandIn(ns.cp)
-    for node in GPU_NODES:
-        ns.core.patch_node_status(node, {"status": {
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}}}})
+    kubelet = logs_stand_in(ns)
     from kubernetes import client
 
     assert main(submit_args(ns, name="pt")) == 0  # a multi-node SFT PyTorchJob; no operator runs it

@@ -459,15 +459,21 @@ class KubeletLogsStandIn:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
 
-def test_logs_follow_every_pod_prefixed_with_its_name(ns):
-    """`logs -f` through the real client and API server, which proxies to the stand-in's log endpoint."""
-    from rlvsdistill.cluster.submit import Cluster, logs
-
+def logs_stand_in(ns) -> KubeletLogsStandIn:
+    """The stand-in's log endpoint, where the API server looks for every GPU node's kubelet."""
     kubelet = KubeletLogsStandIn(ns.cp)
     for node in GPU_NODES:
         ns.core.patch_node_status(node, {"status": {
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet.port}}}})
+    return kubelet
+
+
+def test_logs_follow_every_pod_prefixed_with_its_name(ns):
+    """`logs -f` through the real client and API server, which proxies to the stand-in's log endpoint."""
+    from rlvsdistill.cluster.submit import Cluster, logs
+
+    kubelet = logs_stand_in(ns)
     args = submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
                        "configs/cluster/single-node.yaml", name="ev")
     assert main(args + ["num_shards=2"]) == 0
