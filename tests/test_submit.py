@@ -28,7 +28,12 @@ CRD = SHARED / "k8s" / "crds" / "kubeflow.org_pytorchjobs.yaml"
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
 
 
-def wait_until(predicate, timeout=60.0, what="condition"):
+# How long the controllers and the scheduler get to act. Generous, because CI runs this beside the rest of the suite
+# on two cores; a wait ends as soon as its condition holds, so only a failure pays for it.
+SETTLE = 120.0
+
+
+def wait_until(predicate, timeout=SETTLE, what="condition"):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -76,6 +81,10 @@ class Namespace:
             self.core.create_namespaced_persistent_volume_claim(name, {"metadata": {"name": claim}, "spec": {
                 "accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": volume,
                 "resources": {"requests": {"storage": "2Ti"}}}})
+        # As the README's setup leaves it: both claims Bound before the first submit. A pod that meets an unbound
+        # claim is parked by the scheduler with a backoff, which on a loaded machine outlasted the tests' waits.
+        wait_until(lambda: all(self.core.read_namespaced_persistent_volume_claim(c, name).status.phase == "Bound"
+                               for c in ("rlvsdistill-data", "rlvsdistill-models")), SETTLE, "both claims Bound")
         for doc in yaml.safe_load_all((ROOT / "k8s" / "rbac.yaml").read_text()):
             if doc["kind"].startswith("Cluster"):
                 doc["metadata"]["name"] += f"-{name}"
@@ -177,17 +186,17 @@ def test_submit_refuse_status_cancel_a_pytorchjob(ns, capsys):
                                                                "PyTorchJob/run-a"]
     assert main(["cancel", "run-a", "--namespace", ns.name]) == 0
     assert "deleted" in capsys.readouterr().out
-    wait_until(lambda: main(["status", "run-a", "--namespace", ns.name]) == 2, 30, "the run to be gone")
+    wait_until(lambda: main(["status", "run-a", "--namespace", ns.name]) == 2, SETTLE, "the run to be gone")
     assert "no run 'run-a'" in capsys.readouterr().err
 
 
 def test_replace_status_and_logs_of_a_job_without_a_kubelet(ns, capsys):
     single = submit_args(ns, cluster="configs/cluster/single-node.yaml")
     assert main(single) == 0
-    first = wait_until(lambda: ns.pods("rlvsdistill.io/run=run-a"), 30, "the Job's pod")[0].metadata.uid
+    first = wait_until(lambda: ns.pods("rlvsdistill.io/run=run-a"), SETTLE, "the Job's pod")[0].metadata.uid
     assert main(single + ["--replace"]) == 0  # deleted (and waited for), then created again
     pod = wait_until(lambda: [p for p in ns.pods("rlvsdistill.io/run=run-a") if p.metadata.uid != first
-                              and p.spec.node_name], 30, "the new pod to be bound")[0]
+                              and p.spec.node_name], SETTLE, "the new pod to be bound")[0]
     capsys.readouterr()
     assert main(["status", "run-a", "--namespace", ns.name]) == 0
     status = json.loads(capsys.readouterr().out)
@@ -241,7 +250,7 @@ def test_restricted_namespace_admits_every_pod_of_every_job(ns, capsys):
             expected[job.metadata.name] = min(job.spec.parallelism or 1, job.spec.completions or 1)
     assert {"r0", "r0-merge", "r1", "r2", "r4"} <= set(expected)  # eval shards + merge, generate, grpo, sft
     for job, count in expected.items():
-        wait_until(lambda: len(ns.pods(f"job-name={job}")) == count, 60,
+        wait_until(lambda: len(ns.pods(f"job-name={job}")) == count, SETTLE,
                    f"{count} pod(s) of Job {job}; its events: {ns.events(job)}")
         assert not [e for e in ns.events(job) if e.startswith("FailedCreate")]
     grpo_pod = ns.pods("job-name=r2")[0]
@@ -249,7 +258,7 @@ def test_restricted_namespace_admits_every_pod_of_every_job(ns, capsys):
     # The same check fails where it should: a Job without the pod securityContext gets no pod.
     ns.batch.create_namespaced_job(ns.name, {"metadata": {"name": "bad"}, "spec": {"template": {"spec": {
         "restartPolicy": "Never", "containers": [{"name": "x", "image": "busybox"}]}}}})
-    wait_until(lambda: any('violates PodSecurity "restricted:latest"' in e for e in ns.events("bad")), 30,
+    wait_until(lambda: any('violates PodSecurity "restricted:latest"' in e for e in ns.events("bad")), SETTLE,
                "FailedCreate of the non-compliant Job")
     assert ns.pods("job-name=bad") == []
 
@@ -258,7 +267,7 @@ def test_scheduler_binds_grpo_to_an_8_gpu_node_and_refuses_what_cannot_fit(ns, t
     grpo = ["grpo", "configs/paper/grpo_qwen2.5_math_1.5b.yaml", "configs/cluster/single-node.yaml"]
     for name in ("g1", "g2"):
         assert main(submit_args(ns, *grpo, name=name)) == 0
-    bound = [wait_until(lambda n=name: [p for p in ns.pods(f"job-name={n}") if p.spec.node_name], 60,
+    bound = [wait_until(lambda n=name: [p for p in ns.pods(f"job-name={n}") if p.spec.node_name], SETTLE,
                         f"{name} bound")[0] for name in ("g1", "g2")]
     assert {p.spec.node_name for p in bound} == set(GPU_NODES)  # one 8-GPU node each: trainer 7 + sidecar 1
     gpus = [int(c.resources.limits["nvidia.com/gpu"]) for c in bound[0].spec.containers + bound[0].spec.init_containers]
@@ -267,7 +276,7 @@ def test_scheduler_binds_grpo_to_an_8_gpu_node_and_refuses_what_cannot_fit(ns, t
     assert main(submit_args(ns, *grpo, name="g3")) == 0
     capsys.readouterr()
     wait_until(lambda: main(["status", "g3", "--namespace", ns.name]) == 0 and "Insufficient nvidia.com/gpu" in
-               capsys.readouterr().out, 30, "g3 reported unschedulable")
+               capsys.readouterr().out, SETTLE, "g3 reported unschedulable")
     # A run no node can ever hold is refused before anything is created.
     too_big = cluster_file(tmp_path, grpo_gpus_per_node=16)
     assert main(submit_args(ns, "grpo", grpo[1], too_big, name="g4", overrides=["global_batch_size=null"])) == 2
@@ -281,7 +290,7 @@ def test_indexed_eval_job_creates_one_pod_per_shard(ns):
     args = submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
                        "configs/cluster/single-node.yaml", name="ev")
     assert main(args + ["num_shards=3"]) == 0
-    pods = wait_until(lambda: (p := ns.pods("job-name=ev")) and len(p) == 3 and p, 30, "3 shard pods")
+    pods = wait_until(lambda: (p := ns.pods("job-name=ev")) and len(p) == 3 and p, SETTLE, "3 shard pods")
     indexes = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in pods}
     assert indexes == {"0", "1", "2"}
 
@@ -310,7 +319,7 @@ def test_a_queued_run_waits_suspended_until_kueue_admits_it(ns, tmp_path):
     waiter.join(3)
     assert waiter.is_alive()  # 3 s queued, and the 0.5 s deadline has not fired
     ns.batch.patch_namespaced_job("ev", ns.name, {"spec": {"suspend": False}})  # what Kueue does on admission
-    wait_until(lambda: len(ns.pods("job-name=ev")) == 4, 30, "the shard pods once admitted")
+    wait_until(lambda: len(ns.pods("job-name=ev")) == 4, SETTLE, "the shard pods once admitted")
     waiter.join(10)
     assert waited == [[0, 1, 2, 3]]  # admitted: the deadline runs, and ends the wait
 
@@ -318,7 +327,7 @@ def test_a_queued_run_waits_suspended_until_kueue_admits_it(ns, tmp_path):
 def test_cancel_leaves_no_object_of_the_run(ns, capsys):
     assert main(submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml",
                             "configs/cluster/single-node.yaml", name="ev")) == 0
-    wait_until(lambda: len(ns.pods("rlvsdistill.io/run=ev")) == 5, 30, "4 shard pods and the merge pod")
+    wait_until(lambda: len(ns.pods("rlvsdistill.io/run=ev")) == 5, SETTLE, "4 shard pods and the merge pod")
     assert main(["cancel", "ev", "--namespace", ns.name]) == 0
 
     def leftovers():
@@ -328,14 +337,14 @@ def test_cancel_leaves_no_object_of_the_run(ns, capsys):
                 + ns.networking.list_namespaced_network_policy(ns.name, label_selector=sel).items
                 + ns.pods(sel))
 
-    wait_until(lambda: not leftovers(), 60, "every object of the run to be gone")
+    wait_until(lambda: not leftovers(), SETTLE, "every object of the run to be gone")
 
 
 def test_config_map_and_network_policy_go_with_their_job(ns):
     assert main(submit_args(ns, cluster="configs/cluster/single-node.yaml")) == 0
     ns.batch.delete_namespaced_job("run-a", ns.name, propagation_policy="Background")  # as `kubectl delete job`
     wait_until(lambda: not ns.core.list_namespaced_config_map(ns.name, label_selector="rlvsdistill.io/run=run-a").items
-               and not ns.networking.list_namespaced_network_policy(ns.name).items, 60,
+               and not ns.networking.list_namespaced_network_policy(ns.name).items, SETTLE,
                "the garbage collector to delete the ConfigMap and NetworkPolicy")
 
 
@@ -368,8 +377,8 @@ def test_a_failed_create_deletes_what_was_created(ns, capsys):
 def test_a_failed_shard_makes_the_merge_fail_fast(ns, tmp_path):
     cluster = cluster_file(tmp_path, backoff_limit=0)  # one failure uses up a shard's retries
     assert main(submit_args(ns, "eval", "configs/paper/eval_qwen2.5_math_1.5b_math500.yaml", cluster, "ev")) == 0
-    pods = wait_until(lambda: (p := ns.pods("job-name=ev")) and len(p) == 4 and p, 30, "4 shard pods")
-    merge_pod = wait_until(lambda: ns.pods("job-name=ev-merge"), 30, "the merge pod")[0]
+    pods = wait_until(lambda: (p := ns.pods("job-name=ev")) and len(p) == 4 and p, SETTLE, "4 shard pods")
+    merge_pod = wait_until(lambda: ns.pods("job-name=ev-merge"), SETTLE, "the merge pod")[0]
     assert merge_pod.spec.service_account_name == "rlvsdistill-merge"
     reader = merge_reader(ns, "ev", tmp_path)
     run_dir = tmp_path / "run"
@@ -379,7 +388,7 @@ def test_a_failed_shard_makes_the_merge_fail_fast(ns, tmp_path):
     # Shard 2's pod fails, as the kubelet would report it.
     shard2 = next(p for p in pods if p.metadata.annotations["batch.kubernetes.io/job-completion-index"] == "2")
     ns.core.patch_namespaced_pod_status(shard2.metadata.name, ns.name, {"status": {"phase": "Failed"}})
-    wait_until(lambda: ns.batch.read_namespaced_job("ev", ns.name).status.failed_indexes, 30, "failedIndexes")
+    wait_until(lambda: ns.batch.read_namespaced_job("ev", ns.name).status.failed_indexes, SETTLE, "failedIndexes")
     t0 = time.monotonic()
     with pytest.raises(UserError, match=r"shards Job .*/ev: shard\(s\) 2 failed permanently"):
         wait_for_shards(run_dir, 4, wait_seconds=86400, reader=reader, poll_seconds=0.2)
@@ -478,7 +487,7 @@ def test_logs_follow_every_pod_prefixed_with_its_name(ns):
                        "configs/cluster/single-node.yaml", name="ev")
     assert main(args + ["num_shards=2"]) == 0
     pods = wait_until(lambda: (p := [q for q in ns.pods("rlvsdistill.io/run=ev") if q.spec.node_name])
-                      and len(p) == 3 and p, 30, "2 shard pods and the merge pod, bound")
+                      and len(p) == 3 and p, SETTLE, "2 shard pods and the merge pod, bound")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for pod in pods:  # as the kubelet reports containers that ran and exited
         container = pod.spec.containers[0]
@@ -510,11 +519,11 @@ def account_kubeconfig(ns, tmp_path, account):
 def succeed(ns, run):
     """What a kubelet would report when a run's pods finish: phase Succeeded (there is no kubelet here); the Job
     controller then marks the Job Complete, as it would on a real cluster."""
-    pods = wait_until(lambda: ns.pods(f"rlvsdistill.io/run={run}"), 30, f"{run}'s pod")
+    pods = wait_until(lambda: ns.pods(f"rlvsdistill.io/run={run}"), SETTLE, f"{run}'s pod")
     for pod in pods:
         ns.core.patch_namespaced_pod_status(pod.metadata.name, ns.name, {"status": {"phase": "Succeeded"}})
     wait_until(lambda: any(c.type == "Complete" and c.status == "True" for c in
-                           ns.batch.read_namespaced_job(run, ns.name).status.conditions or []), 30, f"{run} Complete")
+                           ns.batch.read_namespaced_job(run, ns.name).status.conditions or []), SETTLE, f"{run} Complete")
 
 
 def test_a_tiny_study_is_submitted_in_order_and_resumes(ns, tmp_path, capsys, monkeypatch):
@@ -555,7 +564,7 @@ def test_a_tiny_study_is_submitted_in_order_and_resumes(ns, tmp_path, capsys, mo
     (volume / "base" / "final").mkdir(parents=True)
     (volume / "base" / "final" / ".complete").write_text("ok\n")
     ns.batch.delete_namespaced_job("base", ns.name, propagation_policy="Background")
-    wait_until(lambda: "base" not in jobs(), 30, "the base Job to go")
+    wait_until(lambda: "base" not in jobs(), SETTLE, "the base Job to go")
     assert main(args + ["--volume", str(volume)]) == 0
     assert "base" not in jobs() and "[1/8] base: complete" in capsys.readouterr().out
 
@@ -566,7 +575,7 @@ def test_the_study_job_runs_study_submit_in_the_cluster_under_its_own_account(ns
     cluster = cluster_file(tmp_path, sft_gpus_per_node=1, grpo_gpus_per_node=2)
     assert main(["study", "submit", "configs/study/demo.yaml", "--in-cluster", "--cluster", str(cluster),
                  "--registry", "registry.example.org/team", "--image-tag", "t1", "--namespace", ns.name]) == 0
-    [pod] = wait_until(lambda: ns.pods("rlvsdistill.io/run=study-demo"), 30, "the study pod")
+    [pod] = wait_until(lambda: ns.pods("rlvsdistill.io/run=study-demo"), SETTLE, "the study pod")
     assert pod.spec.service_account_name == "rlvsdistill-study"
     [main_container] = pod.spec.containers
     assert main_container.command == ["rlvsdistill", "study", "submit", "/app/configs/study/demo.yaml", "--cluster",
