@@ -261,8 +261,8 @@ def _env(run: Run, secrets: tuple[str, ...]) -> list[dict]:
 
 def _resources(run: Run, gpus: int) -> dict:
     s = run.settings
-    cpu = str(s.cpu_per_gpu * gpus) if gpus else "2"
-    memory = _scale(s.memory_per_gpu, gpus) if gpus else "8Gi"
+    cpu = str(s.cpu_per_gpu * gpus) if gpus else str(s.cpu_pod_cpu)
+    memory = _scale(s.memory_per_gpu, gpus) if gpus else s.cpu_pod_memory
     requests = {"cpu": cpu, "memory": memory}
     limits = {"memory": memory}
     if gpus:

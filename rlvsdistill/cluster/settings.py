@@ -45,6 +45,10 @@ class ClusterSettings:
         "help": "ReadWriteMany PVC with the models and datasets (make prefetch-model); pods run offline"})
     cpu_per_gpu: int = 8
     memory_per_gpu: str = "80Gi"
+    cpu_pod_cpu: int = field(default=2, metadata={
+        "help": "CPUs of each pod without a GPU: merges, filters, evaluation with backend: hf"})
+    cpu_pod_memory: str = field(default="8Gi", metadata={
+        "help": "memory of each pod without a GPU (the merges size their own from the problem count)"})
     backoff_limit: int = field(default=3, metadata={"help": "pod restarts before a run fails (each resumes)"})
     active_deadline_seconds: int = field(default=1209600, metadata={
         "help": "backstop: every workload fails after this long running (activeDeadlineSeconds; default 14 days)"})
@@ -88,7 +92,7 @@ def check_settings(values: dict) -> list[str]:
             problems.append(f"{key}: {value!r} is not a valid Kubernetes {'DNS label' if label else 'object name'} "
                             "(lower case letters, digits, '-'" + ("" if label else ", '.'") + ")")
     for key in ("grpo_nodes", "grpo_gpus_per_node", "sft_nodes", "sft_gpus_per_node", "eval_parallelism",
-                "cpu_per_gpu"):
+                "cpu_per_gpu", "cpu_pod_cpu"):
         value = values.get(key, 1)
         if not isinstance(value, int) or value < 1:
             problems.append(f"{key}: must be a positive integer, got {value!r}")
@@ -98,7 +102,7 @@ def check_settings(values: dict) -> list[str]:
         problems.append(f"vllm_gpus: must be 0 or more, got {vllm!r}")
     elif isinstance(gpus, int) and vllm >= gpus:
         problems.append(f"vllm_gpus: {vllm} leaves no GPU for the trainer (grpo_gpus_per_node = {gpus})")
-    for key in ("shm_size", "hf_cache_size", "memory_per_gpu"):
+    for key in ("shm_size", "hf_cache_size", "memory_per_gpu", "cpu_pod_memory"):
         value = values.get(key, "1Gi")
         if not isinstance(value, str) or not QUANTITY.match(value):
             problems.append(f"{key}: {value!r} is not a Kubernetes quantity (e.g. 64Gi)")

@@ -236,8 +236,8 @@ def check_fits(objects: list[dict], cluster: Cluster, resource: str) -> None:
                 f"{obj['kind']}/{obj['metadata']['name']}: a pod needs " + ", ".join(_amount(k, need[k]) for k in keys)
                 + f" on one node, but no node of {len(nodes)} has that much {' and '.join(short)} (the largest has "
                 f"{largest}); a node with at least " + ", ".join(_amount(k, need[k]) for k in keys) + " would fit it. "
-                "Lower grpo_gpus_per_node / sft_gpus_per_node / tensor_parallel_size, cpu_per_gpu, memory_per_gpu "
-                "or hf_cache_size in the settings or config")
+                "Lower grpo_gpus_per_node / sft_gpus_per_node / tensor_parallel_size, cpu_per_gpu, memory_per_gpu, "
+                "cpu_pod_cpu / cpu_pod_memory (pods without a GPU) or hf_cache_size in the settings or config")
 
 
 def check_prerequisites(objects: list[dict], cluster: Cluster) -> None:
