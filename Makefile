@@ -139,6 +139,11 @@ push: ## push both tags to REGISTRY (REGISTRY=registry.example.org/team; BUILDER
 image-test: ## build the image with buildah from a stand-in Ubuntu 24.04 base and run its entrypoints on CPU (root)
 	images/image-test.sh
 
+# E2E_IMAGE=REF: another built image in buildah's storage (default: the one image-test tagged for HEAD).
+.PHONY: e2e
+e2e: $(VENV)/.installed ## run the image's Jobs on a real one-node cluster (root; after IMAGE_TEST_KEEP=1 make image-test)
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
 .PHONY: lint-image
 lint-image: $(VENV)/.installed ## lint images/Dockerfile with hadolint
 	$(VENV)/bin/hadolint images/Dockerfile

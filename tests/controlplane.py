@@ -2,7 +2,9 @@
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler run on 127.0.0.1 (free ports) from a temporary
 directory, with certificates made by openssl, an admin kubeconfig, fake Ready GPU nodes and the PyTorchJob CRD.
-There is no kubelet: pods are created, admitted and scheduled, never run.
+There is no kubelet: pods are created, admitted and scheduled, never run; tests/node.py adds a real node, with the
+API server on that node's bridge address (``ControlPlane(..., address=IP)``) so pods reach it through the
+``kubernetes`` Service.
 
 Binaries: the directory named by $KUBEBUILDER_ASSETS (envtest's convention; it must also hold the controller
 manager and the scheduler), else ``../shared/k8s/bin/*.xz``, unpacked and checked against its SHA256SUMS once per
@@ -27,31 +29,32 @@ import yaml
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_RANGE, SERVICE_IP = "10.0.0.0/24", "10.0.0.1"  # the `kubernetes` Service's ClusterIP: the range's first
 
 
 class Unavailable(Exception):
     """The control plane cannot run here (the message says why); its tests skip."""
 
 
-def find_binaries(shared_bin: Path, dest: Path) -> Path:
-    """A directory holding the four binaries: $KUBEBUILDER_ASSETS, or ``shared_bin``'s .xz files unpacked."""
+def find_binaries(shared_bin: Path, dest: Path, names: tuple[str, ...] = BINARIES) -> Path:
+    """A directory holding the binaries ``names``: $KUBEBUILDER_ASSETS, or ``shared_bin``'s .xz files unpacked."""
     assets = os.environ.get("KUBEBUILDER_ASSETS")
     if assets:
-        missing = [b for b in BINARIES if not (Path(assets) / b).is_file()]
+        missing = [b for b in names if not (Path(assets) / b).is_file()]
         if missing:
             raise Unavailable(f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(missing)}")
         return Path(assets)
-    if not all((shared_bin / f"{b}.xz").is_file() for b in BINARIES):
-        raise Unavailable(f"no KUBEBUILDER_ASSETS and no {shared_bin}/{{{','.join(BINARIES)}}}.xz")
+    if not all((shared_bin / f"{b}.xz").is_file() for b in names):
+        raise Unavailable(f"no KUBEBUILDER_ASSETS and no {shared_bin}/{{{','.join(names)}}}.xz")
     sums_text = (shared_bin / "SHA256SUMS").read_text()
     sums = dict(line.split()[::-1] for line in sums_text.splitlines() if line.strip())
     # Unpacked once per machine (xz takes 10-60 s), keyed by the checksums; checked when unpacked, then renamed.
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rlvsdistill" / (
-        "k8s-bin-" + hashlib.sha256(sums_text.encode()).hexdigest()[:16])
+        "k8s-bin-" + hashlib.sha256((sums_text + " ".join(names)).encode()).hexdigest()[:16])
     if cache.is_dir():
         return cache
     dest.mkdir(parents=True, exist_ok=True)
-    for name in BINARIES:
+    for name in names:
         digest = hashlib.sha256()
         with lzma.open(shared_bin / f"{name}.xz") as src, open(dest / name, "wb") as out:
             while chunk := src.read(1 << 20):
@@ -88,35 +91,45 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_certs(d: Path) -> None:
-    """CA, serving cert (loopback SANs), admin client cert (system:masters), service-account key pair."""
+def sign_cert(d: Path, name: str, subject: str, ext: str = "client.ext") -> None:
+    """``d/name.key`` and ``d/name.crt`` for ``subject``, signed by the CA in ``d`` (a client cert by default)."""
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", subject, cwd=d)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.crt", "-days", "2", "-extfile", ext, cwd=d)
+
+
+def make_certs(d: Path, address: str = "127.0.0.1") -> None:
+    """CA, serving cert (loopback and ``address`` SANs), admin client cert (system:masters), service-account keys."""
     if not shutil.which("openssl"):
         raise Unavailable("openssl is not installed")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
              "-subj", "/CN=test-ca", cwd=d)
     (d / "san.ext").write_text("subjectAltName=DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
-                               "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1\n"
+                               "DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,"
+                               f"IP:{address},IP:{SERVICE_IP}\n"
                                "extendedKeyUsage=serverAuth\n")
     (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name, subj, ext in (("server", "/CN=kube-apiserver", "san.ext"),
-                            ("admin", "/O=system:masters/CN=admin", "client.ext")):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", subj, cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.crt", "-days", "2", "-extfile", ext, cwd=d)
+    sign_cert(d, "server", "/CN=kube-apiserver", "san.ext")
+    sign_cert(d, "admin", "/O=system:masters/CN=admin")
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
     _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 
 
 class ControlPlane:
-    """Start with ``ControlPlane(bindir, workdir).start()``; ``stop()`` kills every process group it started."""
+    """Start with ``ControlPlane(bindir, workdir).start()``; ``stop()`` kills every process group it started.
 
-    def __init__(self, bindir: Path, workdir: Path):
-        self.bin, self.dir = bindir, workdir
+    ``address``: where the API server listens and what it advertises. Loopback (the default) for fake nodes; a
+    real node's bridge address (tests/node.py) for pods to reach it through the ``kubernetes`` Service, which
+    also turns on what a kubelet needs: the endpoint reconciler, the Node authorizer, and the API server's
+    client certificate for the kubelet (``kubectl logs``, ``exec``, ``cp``)."""
+
+    def __init__(self, bindir: Path, workdir: Path, address: str = "127.0.0.1"):
+        self.bin, self.dir, self.address = bindir, workdir, address
         self.procs: list[subprocess.Popen] = []
         self.kubeconfig = workdir / "kubeconfig"
         self.apiserver_port = free_port()
-        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.server = f"https://{address}:{self.apiserver_port}"
         self.started_in = None  # seconds from start() to all four ready
 
     # -- processes ---------------------------------------------------------------------------------------
@@ -158,7 +171,7 @@ class ControlPlane:
     def start(self) -> "ControlPlane":
         t0 = time.monotonic()
         d = self.dir
-        make_certs(d)
+        make_certs(d, self.address)
         etcd_port, peer_port = free_port(), free_port()
         etcd = self._spawn("etcd", "--data-dir", str(d / "etcd"), "--name", "test",
                            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -167,12 +180,17 @@ class ControlPlane:
                            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
                            "--initial-cluster", f"test=http://127.0.0.1:{peer_port}", "--log-level", "warn")
         self._wait_ready("etcd", etcd, f"http://127.0.0.1:{etcd_port}/health")
+        if self.address == "127.0.0.1":  # fake nodes only: no endpoints (a loopback one is refused), no kubelet
+            node_flags = ["--authorization-mode=RBAC", "--endpoint-reconciler-type=none"]
+        else:
+            node_flags = ["--authorization-mode=Node,RBAC", "--kubelet-preferred-address-types=InternalIP",
+                          f"--kubelet-client-certificate={d / 'admin.crt'}", f"--kubelet-client-key={d / 'admin.key'}"]
         api = self._spawn(
-            "kube-apiserver", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            "kube-apiserver", f"--bind-address={self.address}", f"--advertise-address={self.address}",
             f"--secure-port={self.apiserver_port}", f"--etcd-servers=http://127.0.0.1:{etcd_port}",
             f"--tls-cert-file={d / 'server.crt'}", f"--tls-private-key-file={d / 'server.key'}",
-            f"--client-ca-file={d / 'ca.crt'}", "--authorization-mode=RBAC", "--anonymous-auth=false",
-            "--endpoint-reconciler-type=none", "--service-cluster-ip-range=10.0.0.0/24",
+            f"--client-ca-file={d / 'ca.crt'}", *node_flags, "--anonymous-auth=false",
+            f"--service-cluster-ip-range={SERVICE_RANGE}",
             f"--service-account-issuer={SA_ISSUER}", f"--service-account-key-file={d / 'sa.pub'}",
             f"--service-account-signing-key-file={d / 'sa.key'}", f"--api-audiences={SA_ISSUER}",
             f"--cert-dir={d / 'apiserver-certs'}")
@@ -226,14 +244,19 @@ class ControlPlane:
     # -- clients and objects ---------------------------------------------------------------------------
 
     def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig, "admin")
+
+    def write_kubeconfig(self, path: Path, cert: str) -> Path:
+        """A kubeconfig at ``path`` for the user of the client cert ``self.dir/cert.crt`` (``sign_cert``)."""
         d = self.dir
-        self.kubeconfig.write_text(yaml.safe_dump({
+        path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "envtest",
             "clusters": [{"name": "envtest", "cluster": {"server": self.server,
                                                          "certificate-authority": str(d / "ca.crt")}}],
-            "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": "admin"}}],
-            "users": [{"name": "admin", "user": {"client-certificate": str(d / "admin.crt"),
-                                                  "client-key": str(d / "admin.key")}}]}))
+            "contexts": [{"name": "envtest", "context": {"cluster": "envtest", "user": cert}}],
+            "users": [{"name": cert, "user": {"client-certificate": str(d / f"{cert}.crt"),
+                                               "client-key": str(d / f"{cert}.key")}}]}))
+        return path
 
     def api_client(self):
         """A `kubernetes` ApiClient for the admin user (its own Configuration: no global state)."""
