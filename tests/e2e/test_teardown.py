@@ -6,6 +6,8 @@ its own in turn, each running a pod before it is torn down."""
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +27,7 @@ def _run_a_pod(cp, node) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_teardown_leaves_nothing_and_a_second_cluster_starts(tmp_path):
+def test_teardown_leaves_nothing_and_a_second_cluster_starts():
     from controlplane import BINARIES, ControlPlane, Unavailable, find_binaries
     from node import NODE_BINARIES, Node, check_host, host_state, pick_subnet
 
@@ -34,6 +36,8 @@ def test_teardown_leaves_nothing_and_a_second_cluster_starts(tmp_path):
     except Unavailable as exc:
         pytest.fail(f"make e2e cannot run here: {exc}")
     before = host_state()
+    # A short root: containerd's ttrpc socket path must stay under 104 bytes (pytest's tmp_path is too long).
+    tmp_path = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))
     bindir = find_binaries(SHARED / "k8s" / "bin", tmp_path / "bin", BINARIES + NODE_BINARIES)
     for attempt in (1, 2):
         root = tmp_path / f"cluster-{attempt}"
