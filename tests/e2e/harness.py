@@ -129,17 +129,6 @@ class E2ECluster:
                 out.append(f"--- {pod.metadata.name}/{c.name}:\n{log.stdout}{log.stderr}")
         return "\n".join(out + [self.events()])
 
-    def gone(self, run: str, timeout: float = 120) -> list[str]:
-        """The run's objects still there after ``timeout`` (pods, Jobs, ConfigMaps, NetworkPolicies); [] once
-        every one is gone."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = self.kubectl("-n", NAMESPACE, "get", "pods,jobs,configmaps,networkpolicies", "-l",
-                                f"rlvsdistill.io/run={run}", "-o", "name").stdout.split()
-            if not left or time.monotonic() > deadline:
-                return left
-            time.sleep(1)
-
 
 def buildah_image_exists(ref: str) -> bool:
     return shutil.which("buildah") is not None and subprocess.run(
@@ -166,8 +155,6 @@ def setup_objects(c: E2ECluster, volume: Path) -> None:
     c.kubectl("apply", "-f", str(REPO / "k8s" / "pvc.yaml"))
     c.kubectl("-n", NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Bound", "pvc/rlvsdistill-data",
               "--timeout=120s")
-
-
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ its own in turn, each running a pod before it is torn down."""
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -61,3 +62,4 @@ def test_teardown_leaves_nothing_and_a_second_cluster_starts():
                 cp.stop()
         left = {k: sorted(set(v) - set(before[k])) for k, v in host_state().items()}
         assert not any(left.values()), f"cluster {attempt} left on the machine: {json.dumps(left, indent=1)}"
+    shutil.rmtree(tmp_path, ignore_errors=True)

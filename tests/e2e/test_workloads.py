@@ -20,7 +20,7 @@ def pod_logs(e2e, job: str) -> dict[str, str]:
     pods = sorted(e2e.core().list_namespaced_pod(NAMESPACE, label_selector=f"job-name={job}").items,
                   key=lambda p: p.metadata.creation_timestamp)
     return {p.metadata.name: e2e.kubectl("-n", NAMESPACE, "logs", p.metadata.name, "-c",
-                                         p.spec.containers[0].name).stdout + "" for p in pods}
+                                         p.spec.containers[0].name).stdout for p in pods}
 
 
 def test_eval_two_shards_and_the_merge_that_follows_them(e2e):
