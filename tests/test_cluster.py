@@ -42,6 +42,13 @@ def job_configs():
             yield kind, path.relative_to(ROOT)
 
 
+def fitting_overrides(kind, settings):
+    """Overrides that fit any job config to a cluster: any process count, and HF generation where the cluster
+    leaves no GPU for vLLM's sidecar (cpu-node)."""
+    return (["global_batch_size=null"] * (kind in ("grpo", "sft"))
+            + ["use_vllm=false"] * (kind == "grpo" and settings.vllm_gpus == 0))
+
+
 @pytest.mark.parametrize("cluster", CLUSTERS, ids=lambda p: p.name)
 @pytest.mark.parametrize("kind,config", list(job_configs()), ids=lambda x: str(x))
 def test_every_config_renders_and_validates(kind, config, cluster, crd_schema):
@@ -52,12 +59,10 @@ def test_every_config_renders_and_validates(kind, config, cluster, crd_schema):
         # Refused with the fix named: a paper batch that the cluster's process count cannot make (multi-node), or
         # the vLLM server on a cluster with no GPU for its sidecar (cpu-node: HF generation instead).
         batch = "global_batch_size: the config means"
-        expected, fix = {"multi-node.yaml": ((batch,), ["global_batch_size=null"]),
-                         "cpu-node.yaml": ((batch, "vllm_mode: server needs a sidecar"),
-                                           ["global_batch_size=null"] + ["use_vllm=false"] * (kind == "grpo"))
-                         }.get(cluster.name, ((), []))
-        assert any(e in str(exc) for e in expected), exc
-        run = prepare_run(kind, str(config), fix, settings, f"{REGISTRY}/rlvsdistill:test-tag")
+        expected = {"multi-node.yaml": (batch,), "cpu-node.yaml": (batch, "vllm_mode: server needs a sidecar")}
+        assert any(e in str(exc) for e in expected.get(cluster.name, ())), exc
+        run = prepare_run(kind, str(config), fitting_overrides(kind, settings), settings,
+                          f"{REGISTRY}/rlvsdistill:test-tag")
     objects = render_objects(run)
     assert validate_objects(objects, settings.kubernetes_version, crd_schema) == []
 

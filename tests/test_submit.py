@@ -211,14 +211,14 @@ def test_every_rendered_workload_passes_the_servers_strict_validation(ns):
     from rlvsdistill.cluster.render import prepare_run, render_objects
     from rlvsdistill.cluster.settings import load_settings
     from rlvsdistill.cluster.submit import Cluster
-    from test_cluster import CLUSTERS, job_configs
+    from test_cluster import CLUSTERS, fitting_overrides, job_configs
 
     cluster = Cluster(ns.name)
     checked = 0
     for path in CLUSTERS:
         settings = load_settings(str(path))
         for kind, config in job_configs():
-            overrides = ["global_batch_size=null"] if kind in ("grpo", "sft") else []  # any process count
+            overrides = fitting_overrides(kind, settings)
             runs = [prepare_run(kind, str(config), overrides, settings, "registry.example.org/team/rlvsdistill:t1")]
             if settings.model_cache_pvc:
                 runs.append(prepare_run(kind, str(config), overrides, settings,
