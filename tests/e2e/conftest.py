@@ -25,7 +25,7 @@ from harness import TIMINGS, buildah_image_exists, default_image, running_cluste
 
 
 @pytest.fixture(scope="session")
-def e2e(tmp_path_factory, tiny_model):
+def e2e(tiny_model):
     """The running one-node cluster with the image imported and the data on its volume (see the module's text)."""
     from controlplane import Unavailable
     from node import check_host
@@ -38,7 +38,7 @@ def e2e(tmp_path_factory, tiny_model):
     if not buildah_image_exists(image):
         pytest.fail(f"no image {image} in buildah's storage: build it with `IMAGE_TEST_KEEP=1 make image-test` "
                     "(or name a built one with E2E_IMAGE=REF)")
-    with running_cluster(tmp_path_factory.mktemp("e2e"), tiny_model, image) as cluster:
+    with running_cluster(tiny_model, image) as cluster:
         yield cluster
 
 

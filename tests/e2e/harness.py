@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,10 @@ class E2ECluster:
                                  f"{proc.stdout}{proc.stderr}")
         return proc
 
+    def cli(self, command: str, run: str) -> subprocess.CompletedProcess:
+        """`rlvsdistill status|cancel RUN` on cpu-node.yaml's namespace."""
+        return self.rlvsdistill(command, run, "--cluster", str(SETTINGS))
+
     def submit(self, kind: str, config: str | None, name: str, *overrides: str) -> subprocess.CompletedProcess:
         """`rlvsdistill submit KIND` with the image under test (imagePullPolicy: Never) on cpu-node.yaml."""
         args = ["submit", kind, "--image", self.image, "--local-image", "--cluster", str(SETTINGS), "--name", name]
@@ -106,15 +111,29 @@ class E2ECluster:
                 raise AssertionError(f"Job {name}: {why}\n{self.describe(name)}")
             time.sleep(1)
 
-    def wait_pod(self, predicate, what: str, timeout: float = 600):
-        """Poll the namespace's pods until ``predicate(pods)`` returns something true; return it."""
+    def follow(self, run: str) -> subprocess.Popen:
+        """`rlvsdistill logs RUN -f` in the background (stdout and stderr as text pipes)."""
+        return subprocess.Popen([sys.executable, "-m", "rlvsdistill", "logs", run, "-f", "--cluster", str(SETTINGS)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=REPO)
+
+    def wait_for(self, predicate, what: str, timeout: float = 600):
+        """Poll until ``predicate()`` returns something true (an API object's state, a file on the volume)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            got = predicate(self.core().list_namespaced_pod(NAMESPACE).items)
+            got = predicate()
             if got:
                 return got
             time.sleep(0.5)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{self.events()}")
+
+    def wait_pod(self, predicate, what: str, timeout: float = 600):
+        """Poll the namespace's pods until ``predicate(pods)`` returns something true; return it."""
+        return self.wait_for(lambda: predicate(self.core().list_namespaced_pod(NAMESPACE).items), what, timeout)
+
+    def run_pods(self, run: str, phase: str | None = None) -> list:
+        """The pods of run ``run`` (label rlvsdistill.io/run), oldest first; only those in ``phase`` if given."""
+        pods = self.core().list_namespaced_pod(NAMESPACE, label_selector=f"rlvsdistill.io/run={run}").items
+        return sorted((p for p in pods if phase in (None, p.status.phase)), key=lambda p: p.metadata.creation_timestamp)
 
     def events(self) -> str:
         return self.kubectl("-n", NAMESPACE, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout
@@ -122,7 +141,7 @@ class E2ECluster:
     def describe(self, run: str) -> str:
         """The run's pods, the last lines of each container's log, and the namespace's events."""
         out = [self.kubectl("-n", NAMESPACE, "get", "pods,jobs", "-o", "wide", check=False).stdout]
-        for pod in self.core().list_namespaced_pod(NAMESPACE, label_selector=f"rlvsdistill.io/run={run}").items:
+        for pod in self.run_pods(run):
             for c in pod.spec.containers:
                 log = self.kubectl("-n", NAMESPACE, "logs", pod.metadata.name, "-c", c.name, "--tail=30",
                                    check=False)
@@ -158,27 +177,46 @@ def setup_objects(c: E2ECluster, volume: Path) -> None:
 
 
 @contextlib.contextmanager
-def running_cluster(root: Path, model: Path, image: str):
-    """Start the control plane and the node under ``root``, import ``image`` from buildah's storage, put ``model``
-    and MATH-500 on the data volume, create the namespace's objects; yield the E2ECluster. On the way out, tear
-    it all down and fail if anything of it is left on the machine."""
+def bare_cluster(what: str = "cluster"):
+    """Start a control plane and a node under a fresh short root in /tmp; yield ``(root, cp, node)``. On the way
+    out, stop both, remove the root, and fail if anything of them is left on the machine (``node.host_state``)."""
     from controlplane import BINARIES, ControlPlane, find_binaries
     from node import BRIDGE, NODE_BINARIES, Node, host_state, pick_subnet
 
     before = host_state()
-    bindir = find_binaries(SHARED / "k8s" / "bin", root / "bin", BINARIES + NODE_BINARIES)
-    subnet = pick_subnet()
-    (root / "cp").mkdir()
-    (root / "node").mkdir()
-    cp = ControlPlane(bindir, root / "cp", address=str(subnet[1]))
-    node = Node(cp, bindir, root / "node", subnet)
-    volume = root / "volume"
-    volume.mkdir(mode=0o755)  # owned by root, as a fresh volume is: fsGroup must make it writable
+    # Short: containerd's ttrpc socket path under it must stay within 104 bytes (pytest's tmp_path is too long).
+    root = Path(tempfile.mkdtemp(prefix="e2e-", dir="/tmp"))
     try:
-        node.make_bridge()
-        with timed("control plane + node start"):
-            cp.start()
-            node.start()
+        bindir = find_binaries(SHARED / "k8s" / "bin", root / "bin", BINARIES + NODE_BINARIES)
+        subnet = pick_subnet()
+        (root / "cp").mkdir()
+        (root / "node").mkdir()
+        cp = ControlPlane(bindir, root / "cp", address=str(subnet[1]))
+        node = Node(cp, bindir, root / "node", subnet)
+        try:
+            node.make_bridge()
+            with timed(f"{what}: control plane + node start"):
+                cp.start()
+                node.start()
+            yield root, cp, node
+        finally:
+            with timed(f"{what}: teardown"):
+                node.stop()
+                cp.stop()
+                subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)  # if stop() could not
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    left = {k: sorted(set(v) - set(before[k])) for k, v in host_state().items()}
+    assert not any(left.values()), f"{what} left these on the machine: {json.dumps(left, indent=1)}"
+
+
+@contextlib.contextmanager
+def running_cluster(model: Path, image: str):
+    """A ``bare_cluster`` with the PyTorchJob CRD, ``image`` imported from buildah's storage, ``model`` and
+    MATH-500 on the data volume, and the namespace's objects; yield the E2ECluster."""
+    with bare_cluster("e2e cluster") as (root, cp, node):
+        volume = root / "volume"
+        volume.mkdir(mode=0o755)  # owned by root, as a fresh volume is: fsGroup must make it writable
         cp.install_crd(SHARED / "k8s" / "crds" / "kubeflow.org_pytorchjobs.yaml")
         archive = root / "image.tar"
         with timed(f"image export (buildah push docker-archive, {image})"):
@@ -195,10 +233,3 @@ def running_cluster(root: Path, model: Path, image: str):
         cluster = E2ECluster(cp, node, root, volume, image, env)
         setup_objects(cluster, volume)
         yield cluster
-    finally:
-        node.stop()
-        cp.stop()
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)  # if stop() could not remove it
-        shutil.rmtree(root, ignore_errors=True)
-    left = {k: sorted(set(v) - set(before[k])) for k, v in host_state().items()}
-    assert not any(left.values()), f"the e2e cluster left these on the machine: {json.dumps(left, indent=1)}"
