@@ -20,6 +20,7 @@ SHARED = REPO.parent / "shared"
 SETTINGS = REPO / "configs" / "cluster" / "cpu-node.yaml"
 NAMESPACE = "rlvsdistill"
 BUILDAH = ("buildah", "--storage-driver", "vfs")
+CLI = (sys.executable, "-m", "rlvsdistill")  # as `make submit-*` runs it, from this checkout
 TIMINGS: list[tuple[str, float]] = []
 
 
@@ -68,8 +69,7 @@ class E2ECluster:
 
     def rlvsdistill(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         """The CLI, as `make submit-*` runs it, against this cluster's kubeconfig."""
-        proc = subprocess.run([sys.executable, "-m", "rlvsdistill", *args], capture_output=True, text=True,
-                              env=self.env, timeout=timeout, cwd=REPO)
+        proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env=self.env, timeout=timeout, cwd=REPO)
         if check and proc.returncode:
             raise AssertionError(f"rlvsdistill {' '.join(args)} exited {proc.returncode}:\n"
                                  f"{proc.stdout}{proc.stderr}")
@@ -113,8 +113,8 @@ class E2ECluster:
 
     def follow(self, run: str) -> subprocess.Popen:
         """`rlvsdistill logs RUN -f` in the background (stdout and stderr as text pipes)."""
-        return subprocess.Popen([sys.executable, "-m", "rlvsdistill", "logs", run, "-f", "--cluster", str(SETTINGS)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env, cwd=REPO)
+        return subprocess.Popen([*CLI, "logs", run, "-f", "--cluster", str(SETTINGS)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=self.env, cwd=REPO)
 
     def wait_for(self, predicate, what: str, timeout: float = 600):
         """Poll until ``predicate()`` returns something true (an API object's state, a file on the volume)."""
@@ -168,7 +168,7 @@ def setup_objects(c: E2ECluster, volume: Path) -> None:
             "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{
                 "key": "kubernetes.io/hostname", "operator": "In", "values": [c.node.name]}]}]}}}}]))
     # The ServiceAccount admission controller refuses pods until the namespace's default account exists.
-    c.wait_pod(lambda _: c.kubectl("-n", NAMESPACE, "get", "serviceaccount", "default", check=False).returncode == 0,
+    c.wait_for(lambda: c.kubectl("-n", NAMESPACE, "get", "serviceaccount", "default", check=False).returncode == 0,
                "the namespace's default ServiceAccount", 60)
     c.kubectl("apply", "-f", str(REPO / "k8s" / "rbac.yaml"))
     c.kubectl("apply", "-f", str(REPO / "k8s" / "pvc.yaml"))
