@@ -110,7 +110,8 @@ def test_grpo_job_splits_gpus_and_runs_vllm_as_native_sidecar():
 
 def test_killed_pod_restarts_and_resumes_from_the_volume():
     job = render_objects(grpo_run())[-1]
-    assert job["spec"]["backoffLimit"] >= 1  # a killed pod is replaced ...
+    assert job["spec"]["backoffLimit"] >= 1  # a killed pod is replaced, once it has ended (no two writers) ...
+    assert job["spec"]["podReplacementPolicy"] == "Failed"
     pod = job["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}

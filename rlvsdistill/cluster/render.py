@@ -382,8 +382,10 @@ def pod_template(run: Run, containers: list[dict], init_containers: list[dict] |
 
 def _job(run: Run, name: str, template: dict, **spec) -> dict:
     s = run.settings
-    body = {"backoffLimit": s.backoff_limit, "activeDeadlineSeconds": s.active_deadline_seconds, **spec,
-            "template": template}
+    # Failed: a retry starts only once the pod it replaces has ended, never beside one still terminating (a
+    # deleted or evicted pod within its grace period), which would write the same checkpoints or shard files.
+    body = {"backoffLimit": s.backoff_limit, "activeDeadlineSeconds": s.active_deadline_seconds,
+            "podReplacementPolicy": "Failed", **spec, "template": template}
     if s.ttl_seconds_after_finished is not None:
         body["ttlSecondsAfterFinished"] = s.ttl_seconds_after_finished
     if s.queue:

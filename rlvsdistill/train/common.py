@@ -46,8 +46,8 @@ def prepare_run(cfg, kind: str) -> tuple[Path, Path | None]:
     resume = latest_complete_checkpoint(out)
     if cfg.process_index == 0:
         write_run_record(out, kind, cfg)
-    if resume:
-        logger.info("resuming from %s", resume)
+        if resume:
+            logger.info("resuming from %s", resume)
     return out, resume
 
 
